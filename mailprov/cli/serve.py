@@ -1,0 +1,29 @@
+"""``mailprov serve``: run the services in the foreground (for systemd or a terminal)."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from mailprov import service
+from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
+
+
+class Which(StrEnum):
+    smtp = "smtp"
+    pop3 = "pop3"
+    all = "all"
+
+
+def serve(
+    which: Annotated[Which, typer.Argument(help="Which service to run: smtp (MTA, MDA, queue), pop3, or all.")] = Which.all,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Run the mail services in the foreground until SIGTERM; binds ports, then drops to server.user."""
+    cfg = load_config(config)
+    service.setup_logging(cfg)
+    names = list(service.SERVICE_NAMES) if which is Which.all else [which.value]
+    asyncio.run(service.serve(cfg, names))
