@@ -1,10 +1,85 @@
-"""``mailprov check``: the DNS pre-flight report (filled in by the DNS checker work)."""
+"""``mailprov check``: the DNS pre-flight report. Parses options, calls :mod:`mailprov.dns.checker`, renders."""
 
 from __future__ import annotations
 
+import asyncio
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.report import render
+from mailprov.dns.resolver import parse_server
+from mailprov.errors import UsageError
 
-def check(domains: list[str] = typer.Argument(..., help="Domains to check.")) -> None:
-    """Check that domains are ready to send and receive mail."""
-    raise NotImplementedError
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+
+
+def _read_domains(path: Path) -> list[str]:
+    """Domains from a file: one per line (or several separated by spaces); '#' starts a comment."""
+    try:
+        text = path.read_text() if str(path) != "-" else typer.get_text_stream("stdin").read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read domain file {path}: {exc}", fix="give a readable text file with one domain per line") from None
+    return [word for line in text.splitlines() for word in line.split("#", 1)[0].split()]
+
+
+def check(
+    domains: Annotated[list[str] | None, typer.Argument(help="Domains to check.", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Name of the mail host being provisioned (its PTR must equal it).")] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="An address of the mail host (repeatable; IPv4 or IPv6).")] = None,
+    resolver: Annotated[
+        list[str] | None, typer.Option("--resolver", help="Resolver IP[:PORT] to ask (repeatable; default: the system's).")
+    ] = None,
+    zone: Annotated[
+        list[Path] | None, typer.Option("--zone", help="Answer from this zone file instead of the network (repeatable).")
+    ] = None,
+    dkim_selector: Annotated[str | None, typer.Option("--dkim-selector", help="DKIM selector whose key to check.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for each server's answer to each query.")] = 5.0,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail (exit 1).")] = False,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="Read domains from FILE (one per line, '#' comments; '-' is stdin).")
+    ] = None,
+    authoritative: Annotated[
+        bool, typer.Option("--authoritative", help="Also ask each domain's own name servers; tell 'not yet propagated' from 'missing'.")
+    ] = False,
+    ns_port: Annotated[int, typer.Option("--ns-port", help="Port of the domains' name servers for --authoritative (labs).")] = 53,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="DNS queries in flight at once.")] = 256,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Table format: show the evidence (queries, servers, answers).")] = False,
+) -> None:
+    """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS.
+
+    Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
+    3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
+    """
+    names = list(domains or [])
+    if file is not None:
+        names += _read_domains(file)
+    if not names:
+        raise UsageError("no domain to check", fix="name at least one domain, or give -f FILE")
+    if not 0 < ns_port < 65536:
+        raise UsageError(f"--ns-port {ns_port} is out of range", fix="use a port from 1 to 65535")
+    for path in zone or []:
+        if not path.is_file():
+            raise UsageError(f"zone file {path} does not exist", fix="give the path of a zone file")
+    options = CheckOptions(
+        host=host,
+        ips=list(ip or []),
+        dkim_selector=dkim_selector,
+        resolvers=[parse_server(r) for r in resolver or []],
+        zone_files=list(zone or []),
+        timeout=timeout,
+        concurrency=concurrency,
+        authoritative=authoritative,
+        ns_port=ns_port,
+    )
+    report = asyncio.run(check_domains(names, options))
+    typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))
+    raise typer.Exit(report.exit_code(strict))

@@ -1,0 +1,233 @@
+"""The check engine: run every DNS check for many domains concurrently and gather a :class:`Report`.
+
+``await check_domains(["alpha.test"], CheckOptions(resolvers=[("127.0.0.1", 53)]))`` is the library
+entry point (``mailprov check``, the deployment pre-flight and ``mailprov probe`` call it). Inputs are
+validated first (a :class:`~mailprov.errors.UsageError` names the bad one); after that, nothing raises:
+every problem, including an unanswered query, is a result in the report.
+
+With ``authoritative``, each domain is also checked against its own name servers; a result that is
+worse through the resolvers than at the source is reported as "published, not yet propagated".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.name
+
+from mailprov.dns.dkim import check_dkim
+from mailprov.dns.dmarc import check_dmarc
+from mailprov.dns.model import CheckResult, DomainReport, Report, Status
+from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
+from mailprov.dns.mx import check_mx, host_addresses
+from mailprov.dns.ptr import check_address, check_host_address
+from mailprov.dns.resolver import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Answer, NetworkSource, Source, fmt_server, system_resolvers
+from mailprov.dns.spf import check_spf
+from mailprov.dns.zonefile import ZoneSet, ZoneSource
+from mailprov.errors import UsageError
+
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_RANK = {Status.PASS: 0, Status.SKIP: 0, Status.WARN: 1, Status.FAIL: 2}
+
+
+@dataclass
+class CheckOptions:
+    """What to check and how: the mail host being provisioned, where answers come from, limits."""
+
+    host: str | None = None  # --host: the mail host's name (its PTR must equal it)
+    ips: list[str] = field(default_factory=list)  # --ip: the mail host's addresses
+    dkim_selector: str | None = None
+    resolvers: list[tuple[str, int]] = field(default_factory=list)  # empty: the system's resolvers
+    zone_files: list[Path] = field(default_factory=list)  # answer from these instead of (or before) the resolvers
+    timeout: float = DEFAULT_TIMEOUT  # seconds per query and server
+    concurrency: int = DEFAULT_CONCURRENCY  # DNS queries in flight at once
+    domain_concurrency: int = 200  # domains checked at once
+    authoritative: bool = False  # also ask each domain's own name servers
+    ns_port: int = 53  # port of those name servers (labs and tests use another)
+
+
+def normalize_name(value: str, what: str = "domain") -> str:
+    """A lower-case name without the trailing dot, or a UsageError naming the bad value."""
+    name = value.strip().rstrip(".").lower()
+    if not _NAME_RE.match(name):
+        raise UsageError(f"{what} {value!r} is not a valid domain name", fix="use letters, digits, hyphens and dots, e.g. example.org")
+    return name
+
+
+def validate_options(options: CheckOptions) -> None:
+    """Normalise and validate the options in place (UsageError on a bad value)."""
+    if options.host:
+        options.host = normalize_name(options.host, "--host")
+    ips = []
+    for ip in options.ips:
+        try:
+            ips.append(str(ipaddress.ip_address(ip.strip())))
+        except ValueError:
+            raise UsageError(f"--ip {ip!r} is not an IPv4 or IPv6 address", fix="write e.g. 192.0.2.10 or 2001:db8::10") from None
+    options.ips = ips
+    if options.dkim_selector is not None and not _SELECTOR_RE.match(options.dkim_selector):
+        raise UsageError(f"--dkim-selector {options.dkim_selector!r} is not a valid selector", fix="use letters, digits, '-', '_' and dots")
+    if not options.timeout > 0:
+        raise UsageError(f"--timeout {options.timeout} must be greater than 0", fix="give a number of seconds, e.g. 5")
+    if options.concurrency < 1 or options.domain_concurrency < 1:
+        raise UsageError("concurrency must be at least 1")
+
+
+def make_source(options: CheckOptions) -> Source:
+    """The answer source the options describe: zone files (falling back to explicit resolvers) or resolvers."""
+    if options.zone_files:
+        fallback = NetworkSource(options.resolvers, timeout=options.timeout, concurrency=options.concurrency) if options.resolvers else None
+        return ZoneSource(ZoneSet.from_files(options.zone_files), fallback)
+    return NetworkSource(options.resolvers or system_resolvers(), timeout=options.timeout, concurrency=options.concurrency)
+
+
+async def check_domain(source: Source, domain: str, options: CheckOptions) -> DomainReport:
+    """Every check for one (already normalised) domain, through ``source``."""
+    report = DomainReport(domain)
+    mx = await check_mx(source, domain)
+    report.checks.extend(mx.results)
+    if not mx.exists:
+        return report
+
+    host_task = None
+    if options.host:
+        host_task = asyncio.ensure_future(check_host_address(source, options.host, options.ips))
+    elif options.ips:
+        report.checks.append(
+            CheckResult("host.address", Status.SKIP, ", ".join(options.ips), "skipped: no --host name to compare the --ip addresses with")
+        )
+    record_checks = asyncio.gather(
+        check_spf(source, domain),
+        check_dmarc(source, domain),
+        check_dkim(source, domain, options.dkim_selector),
+        check_mta_sts(source, domain),
+        check_tls_rpt(source, domain),
+    )
+
+    # Addresses whose reverse DNS matters: every MX host's, and the provisioned host's.
+    roles: dict[str, str] = {address: f"MX {', '.join(h.rstrip('.') for h in hosts)}" for address, hosts in mx.addresses.items()}
+    own = list(options.ips)
+    if host_task is not None:
+        result, host_ips = await host_task
+        report.checks.append(result)
+        own = own or host_ips
+    for ip in own:
+        roles[ip] = "--ip" if options.ips else f"--host {options.host}"
+    ptr_results = await asyncio.gather(
+        *(check_address(source, ip, expect_host=options.host if ip in own else None, role=role) for ip, role in roles.items())
+    )
+    report.checks.extend(r for results in ptr_results for r in results)
+    report.checks.extend(await record_checks)
+    return report
+
+
+async def _name_servers(source: Source, domain: str) -> tuple[str | None, list[str], list[Answer]]:
+    """The zone apex holding ``domain`` and its name servers' addresses, asked through the resolvers."""
+    name = dns.name.from_text(domain)
+    asked: list[Answer] = []
+    while len(name.labels) > 1:
+        answer = await source.query(name.to_text(), "NS")
+        asked.append(answer)
+        if answer.error:
+            return None, [], asked
+        if answer.records:
+            hosts = [rd.target.to_text() for rd in answer.records]
+            pairs = await asyncio.gather(*(host_addresses(source, h) for h in hosts))
+            addresses = [rd.address for a, aaaa in pairs for rd in a.records + aaaa.records]
+            asked.extend(x for pair in pairs for x in pair)
+            return name.to_text(), addresses, asked
+        name = name.parent()
+    return None, [], asked
+
+
+class _SplitSource:
+    """Names inside ``apex`` go to the zone's own servers, all others to the resolvers."""
+
+    def __init__(self, apex: str, inside: Source, outside: Source) -> None:
+        self.apex = dns.name.from_text(apex)
+        self.inside, self.outside = inside, outside
+        self.description = f"{inside.description} for {apex}, else {outside.description}"
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        target = self.inside if dns.name.from_text(name).is_subdomain(self.apex) else self.outside
+        return await target.query(name, rdtype)
+
+
+async def _authoritative(source: Source, domain: str, options: CheckOptions, report: DomainReport) -> None:
+    """Check ``domain`` at its own name servers and mark what they have but the resolvers do not show yet."""
+    apex, addresses, asked = await _name_servers(source, domain)
+    if not addresses:
+        failed = next((a for a in asked if a.error), None)
+        if failed is not None:
+            report.checks.append(failed.as_error("authoritative", domain))
+        else:
+            report.checks.append(
+                CheckResult(
+                    "authoritative",
+                    Status.ERROR,
+                    domain,
+                    "could not find the addresses of the domain's name servers",
+                    fix="check the NS records and their A/AAAA records",
+                    records=[a.evidence() for a in asked],
+                )
+            )
+        return
+    servers = [(a, options.ns_port) for a in addresses]
+    inside = NetworkSource(servers, timeout=options.timeout, concurrency=options.concurrency, recursion=False)
+    at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+    report.checks.append(
+        CheckResult(
+            "authoritative",
+            Status.PASS,
+            domain,
+            f"compared with the name servers of {apex}: {', '.join(fmt_server(h, p) for h, p in servers)}",
+            records=[a.evidence() for a in asked],
+        )
+    )
+    fresh = {(c.id, c.subject): c for c in at_source.checks}
+    for i, seen in enumerate(report.checks):
+        source_view = fresh.get((seen.id, seen.subject))
+        if source_view is None or seen.status not in _RANK or source_view.status not in _RANK:
+            continue
+        if _RANK[source_view.status] < _RANK[seen.status]:
+            ttls = [e.ttl for e in seen.records if e.ttl is not None]
+            ttl = max(ttls) if ttls else 0
+            report.checks[i] = CheckResult(
+                seen.id,
+                Status.WARN,
+                seen.subject,
+                f"published, not yet propagated (TTL {ttl} s): at the source, {source_view.summary}; resolvers still see: {seen.summary}",
+                fix=f"nothing to change: wait up to {ttl} s for resolvers' caches to expire, then check again",
+                records=seen.records + source_view.records,
+            )
+
+
+async def check_domains(domains: list[str], options: CheckOptions | None = None, source: Source | None = None) -> Report:
+    """Check every domain (validated first) and return the report, in the order given."""
+    options = options or CheckOptions()
+    validate_options(options)
+    names = [normalize_name(d) for d in domains]
+    if not names:
+        raise UsageError("no domain to check", fix="name at least one domain, or give -f FILE")
+    source = source or make_source(options)
+    limit = asyncio.Semaphore(options.domain_concurrency)
+
+    async def one(domain: str) -> DomainReport:
+        async with limit:
+            report = await check_domain(source, domain, options)
+            if options.authoritative:
+                await _authoritative(source, domain, options, report)
+            return report
+
+    return Report(list(await asyncio.gather(*(one(d) for d in names))))
+
+
+def run_checks(domains: list[str], options: CheckOptions | None = None) -> Report:
+    """Synchronous wrapper of :func:`check_domains` for callers outside an event loop."""
+    return asyncio.run(check_domains(domains, options))

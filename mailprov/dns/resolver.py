@@ -1,0 +1,224 @@
+"""Where answers come from: a :class:`Source` answers ``(name, type)`` with an :class:`Answer`, never raising.
+
+:class:`NetworkSource` asks DNS servers (recursive resolvers, or a domain's own name servers) with
+dnspython's asyncio queries: UDP, TCP when truncated, each server in turn, a bounded number of queries in
+flight, and each ``(name, type)`` asked once per run (concurrent askers share the one query).
+:class:`mailprov.dns.zonefile.ZoneSource` answers from zone files instead, so records can be checked
+before they are published. A query that cannot be completed (timeout, SERVFAIL, REFUSED) comes back as an
+Answer with ``error`` set, naming the server and the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+
+from mailprov.dns.model import CheckResult, Evidence, Status
+from mailprov.errors import UsageError
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_CONCURRENCY = 256
+
+
+@dataclass
+class Answer:
+    """The answer to one query: the rcode, the answer section (CNAME chain included), or why there is none."""
+
+    qname: str
+    rdtype: str
+    server: str
+    rcode: str = "NOERROR"
+    rrsets: list[dns.rrset.RRset] = field(default_factory=list)
+    error: str | None = None  # set when the query could not be completed
+    negative_ttl: int | None = None  # from the SOA in the authority section of NXDOMAIN / NODATA
+
+    @property
+    def nxdomain(self) -> bool:
+        """The name does not exist."""
+        return self.error is None and self.rcode == "NXDOMAIN"
+
+    @property
+    def records(self) -> list[dns.rdata.Rdata]:
+        """Records of the asked type (at the end of any CNAME chain)."""
+        want = dns.rdatatype.from_text(self.rdtype)
+        return [rd for rrset in self.rrsets if rrset.rdtype == want for rd in rrset]
+
+    @property
+    def cnames(self) -> list[tuple[str, str]]:
+        """The CNAME chain as (alias, target) pairs, when the asked name is an alias."""
+        if self.rdtype == "CNAME":
+            return []
+        return [(rrset.name.to_text(), rd.target.to_text()) for rrset in self.rrsets if rrset.rdtype == dns.rdatatype.CNAME for rd in rrset]
+
+    @property
+    def ttl(self) -> int | None:
+        """TTL of the records asked for, or the negative-caching TTL of a NODATA / NXDOMAIN."""
+        want = dns.rdatatype.from_text(self.rdtype)
+        ttls = [rrset.ttl for rrset in self.rrsets if rrset.rdtype == want]
+        return min(ttls) if ttls else self.negative_ttl
+
+    def texts(self) -> list[str]:
+        """TXT records as strings (the character-strings of each record joined without spaces)."""
+        out = []
+        for rd in self.records:
+            if rd.rdtype == dns.rdatatype.TXT:
+                out.append(b"".join(rd.strings).decode("utf-8", errors="replace"))
+        return out
+
+    def as_error(self, check_id: str, subject: str) -> CheckResult:
+        """The result of a check that could not be completed because this query failed."""
+        return CheckResult(
+            check_id,
+            Status.ERROR,
+            subject,
+            f"could not complete: {self.error}",
+            fix="check that the resolver (or name server) is reachable and answering, or raise --timeout, then run again",
+            records=[self.evidence()],
+        )
+
+    def evidence(self) -> Evidence:
+        """This answer as report evidence."""
+        answer = [rr.to_text() for rrset in self.rrsets for rr in _split(rrset)]
+        return Evidence(
+            query=f"{self.qname} {self.rdtype}",
+            server=self.server,
+            rcode="ERROR" if self.error else self.rcode,
+            answer=answer if not self.error else [self.error],
+            ttl=self.ttl,
+        )
+
+
+def _split(rrset: dns.rrset.RRset) -> list[dns.rrset.RRset]:
+    """One single-record RRset per record, so each prints as its own zone-file line."""
+    return [dns.rrset.from_rdata(rrset.name, rrset.ttl, rd) for rd in rrset]
+
+
+class Source(Protocol):
+    """Anything that answers DNS queries for the checks."""
+
+    description: str
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        """Answer ``name``/``rdtype``; never raises (failures are in ``Answer.error``)."""
+        ...
+
+
+def parse_server(value: str, default_port: int = 53) -> tuple[str, int]:
+    """Parse ``IP``, ``IP:PORT``, ``[V6]`` or ``[V6]:PORT`` (a resolver or name server address)."""
+    text = value.strip()
+    host, port = text, default_port
+    if m := re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", text):
+        host, port = m.group(1), int(m.group(2) or default_port)
+    elif m := re.fullmatch(r"([0-9.]+):(\d{1,5})", text):
+        host, port = m.group(1), int(m.group(2))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(
+            f"resolver {value!r} is not an IP address with an optional port", fix="write 192.0.2.53, 192.0.2.53:5353 or [2001:db8::53]:53"
+        ) from None
+    if not 0 < port < 65536:
+        raise UsageError(f"resolver {value!r}: port {port} is out of range", fix="use a port from 1 to 65535")
+    return host, port
+
+
+def system_resolvers() -> list[tuple[str, int]]:
+    """The system's resolvers from /etc/resolv.conf (port 53)."""
+    try:
+        servers = dns.resolver.Resolver(configure=True).nameservers
+    except dns.resolver.NoResolverConfiguration:
+        servers = []
+    return [(str(s), 53) for s in servers]
+
+
+def fmt_server(host: str, port: int) -> str:
+    """``host:port`` with brackets around IPv6."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NetworkSource:
+    """Asks DNS servers in order, with a per-server timeout, caching and a cap on queries in flight."""
+
+    def __init__(
+        self,
+        servers: list[tuple[str, int]],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        recursion: bool = True,
+        cache: bool = True,
+    ) -> None:
+        if not servers:
+            raise UsageError("no DNS resolver to ask (none in /etc/resolv.conf)", fix="give one with --resolver IP[:PORT]")
+        self.servers = servers
+        self.timeout = timeout
+        self.recursion = recursion
+        self.description = ", ".join(fmt_server(h, p) for h, p in servers)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._cache: dict[tuple[str, str], asyncio.Future[Answer]] | None = {} if cache else None
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        """Answer from the cache, or ask the servers (concurrent askers of one query share it)."""
+        qname = dns.name.from_text(name).to_text().lower()
+        if self._cache is None:
+            return await self._ask(qname, rdtype)
+        key = (qname, rdtype)
+        future = self._cache.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._ask(qname, rdtype))
+            self._cache[key] = future
+        return await asyncio.shield(future)
+
+    async def _ask(self, qname: str, rdtype: str) -> Answer:
+        failures: list[str] = []
+        request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232)
+        if not self.recursion:
+            request.flags &= ~dns.flags.RD
+        async with self._limit:
+            for host, port in self.servers:
+                server = fmt_server(host, port)
+                try:
+                    response, _ = await dns.asyncquery.udp_with_fallback(request, host, timeout=self.timeout, port=port)
+                except dns.exception.Timeout:
+                    failures.append(f"{server}: no answer within {self.timeout:g} s")
+                    continue
+                except (OSError, dns.exception.DNSException) as exc:
+                    failures.append(f"{server}: {exc.__class__.__name__}: {exc}")
+                    continue
+                rcode = dns.rcode.to_text(response.rcode())
+                if rcode not in ("NOERROR", "NXDOMAIN"):
+                    failures.append(f"{server}: {rcode}")
+                    continue
+                return _from_response(qname, rdtype, server, response)
+        return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
+
+
+def _from_response(qname: str, rdtype: str, server: str, response: dns.message.Message) -> Answer:
+    """An Answer from a response: the answer section, and the negative TTL from the SOA in authority."""
+    negative_ttl = None
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            negative_ttl = min(rrset.ttl, rrset[0].minimum)
+    return Answer(
+        qname,
+        rdtype,
+        server,
+        rcode=dns.rcode.to_text(response.rcode()),
+        rrsets=list(response.answer),
+        negative_ttl=negative_ttl,
+    )

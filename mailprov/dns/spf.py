@@ -1,0 +1,269 @@
+"""``spf``: exactly one valid SPF record (RFC 7208), within the 10-lookup limit, and never ``+all``.
+
+Query the TXT records at the domain, keep those starting ``v=spf1``; parse the terms (pure, see
+:func:`parse_spf`); count the DNS-querying terms (include, a, mx, ptr, exists, redirect: RFC 7208 4.6.4)
+recursively through ``include:`` and ``redirect=``; check the result. A receiver that meets more than 10
+such terms, two SPF records, or a syntax error returns permerror, which DMARC treats as an SPF failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from mailprov.dns.model import CheckResult, Evidence, Status
+from mailprov.dns.resolver import Source
+
+LOOKUP_LIMIT = 10
+QUERYING = {"include", "a", "mx", "ptr", "exists", "redirect"}
+MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
+_MECH_RE = re.compile(r"^([+\-~?]?)([A-Za-z0-9]+)(?::([^/]*))?(?:/(\d+))?(?://(\d+))?$")
+_MOD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*)=(.*)$")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+MAX_DEPTH = 10
+
+
+@dataclass
+class Term:
+    """One SPF term: a mechanism (with qualifier) or a modifier (``name=value``)."""
+
+    text: str
+    name: str
+    qualifier: str = "+"
+    value: str = ""
+    modifier: bool = False
+
+
+@dataclass
+class SPFRecord:
+    """A parsed SPF record: its terms and the syntax errors found."""
+
+    terms: list[Term] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def querying(self) -> list[Term]:
+        """Terms that cost a DNS lookup (RFC 7208 4.6.4); ``redirect`` is ignored when ``all`` is present."""
+        has_all = any(t.name == "all" for t in self.terms)
+        return [t for t in self.terms if t.name in QUERYING and not (t.name == "redirect" and has_all)]
+
+    def targets(self) -> list[Term]:
+        """``include:`` and (effective) ``redirect=`` terms, whose records count too."""
+        return [t for t in self.querying() if t.name in ("include", "redirect")]
+
+
+def is_spf(text: str) -> bool:
+    """True for a TXT string that is an SPF record (``v=spf1`` then a space or the end)."""
+    return text[:6].lower() == "v=spf1" and (len(text) == 6 or text[6] == " ")
+
+
+def _valid_domain_spec(spec: str) -> bool:
+    if "%" in spec:
+        return bool(re.fullmatch(r"([^%]|%%|%_|%-|%\{[slodiphcrtv]\d*r?[-.+,/_=]*\})+", spec))
+    labels = spec.rstrip(".").split(".")
+    try:
+        ipaddress.ip_address(spec)
+        return False
+    except ValueError:
+        pass
+    return len(labels) >= 2 and all(_LABEL_RE.match(label) for label in labels)
+
+
+def parse_spf(text: str) -> SPFRecord:
+    """Parse an SPF record's text into terms, collecting syntax errors (RFC 7208 section 4.6 and 5, 6)."""
+    record = SPFRecord()
+    parts = text.split()
+    if not parts or parts[0].lower() != "v=spf1":
+        record.errors.append("the record does not start with 'v=spf1'")
+        return record
+    seen_modifiers: set[str] = set()
+    for part in parts[1:]:
+        mod = _MOD_RE.match(part)
+        mech = _MECH_RE.match(part)
+        if mod and not (mech and mech.group(2).lower() in MECHANISMS and ":" in part and part.index(":") < part.index("=")):
+            name, value = mod.group(1).lower(), mod.group(2)
+            if name in ("redirect", "exp"):
+                if name in seen_modifiers:
+                    record.errors.append(f"'{name}=' appears more than once")
+                if not _valid_domain_spec(value):
+                    record.errors.append(f"'{part}': '{value}' is not a domain name")
+            seen_modifiers.add(name)
+            record.terms.append(Term(part, name, value=value, modifier=True))
+            continue
+        if not mech:
+            record.errors.append(f"'{part}' is not a valid SPF term")
+            continue
+        qualifier, name, value, cidr4, cidr6 = mech.groups()
+        name = name.lower()
+        value = value or ""
+        if name not in MECHANISMS:
+            record.errors.append(f"'{part}': unknown mechanism '{name}'")
+            continue
+        problem = _check_mechanism(name, value, cidr4, cidr6, ":" in part)
+        if problem:
+            record.errors.append(f"'{part}': {problem}")
+        record.terms.append(Term(part, name, qualifier or "+", value))
+    return record
+
+
+def _check_mechanism(name: str, value: str, cidr4: str | None, cidr6: str | None, has_colon: bool) -> str | None:
+    if name == "all":
+        return "'all' takes no argument" if has_colon or cidr4 or cidr6 else None
+    if name in ("include", "exists"):
+        if not value:
+            return f"'{name}' needs a domain ({name}:example.org)"
+        if cidr4 or cidr6:
+            return f"'{name}' takes no prefix length"
+    if name in ("ip4", "ip6"):
+        version = 4 if name == "ip4" else 6
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            return f"'{value}' is not an IPv{version} address"
+        if addr.version != version:
+            return f"'{value}' is not an IPv{version} address"
+        if cidr6 is not None or (cidr4 is not None and int(cidr4) > (32 if version == 4 else 128)):
+            return "bad prefix length"
+        return None
+    if has_colon and not value:
+        return "empty domain after ':'"
+    if value and not _valid_domain_spec(value):
+        return f"'{value}' is not a domain name"
+    if name in ("a", "mx"):
+        if cidr4 is not None and int(cidr4) > 32:
+            return "IPv4 prefix length over 32"
+        if cidr6 is not None and int(cidr6) > 128:
+            return "IPv6 prefix length over 128"
+    elif cidr4 or cidr6:
+        return f"'{name}' takes no prefix length"
+    return None
+
+
+@dataclass
+class _Count:
+    lookups: int = 0
+    problems: list[str] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    incomplete: str | None = None
+
+
+async def _fetch(source: Source, domain: str):  # type: ignore[no-untyped-def]
+    answer = await source.query(domain, "TXT")
+    return answer, [t for t in answer.texts() if is_spf(t)]
+
+
+async def _count(source: Source, domain: str, record: SPFRecord, count: _Count, path: list[str]) -> None:
+    """Add ``record``'s DNS-querying terms to ``count``, descending into includes and redirects."""
+    count.lookups += len(record.querying())
+    for term in record.targets():
+        target = term.value.rstrip(".").lower()
+        if "%" in target:
+            count.problems.append(f"'{term.text}' uses macros; its record was not followed")
+            continue
+        if target in path:
+            count.problems.append(f"'{term.text}' in {domain} loops back to {target}")
+            continue
+        if len(path) >= MAX_DEPTH or count.lookups > LOOKUP_LIMIT:
+            return
+        answer, spfs = await _fetch(source, target)
+        count.evidence.append(answer.evidence())
+        if answer.error:
+            count.incomplete = count.incomplete or answer.error
+            continue
+        if len(spfs) != 1:
+            what = "no SPF record" if not spfs else f"{len(spfs)} SPF records"
+            count.problems.append(f"'{term.text}' in {domain} points at {target}, which has {what} (permerror)")
+            continue
+        inner = parse_spf(spfs[0])
+        for error in inner.errors:
+            count.problems.append(f"{target}: {error}")
+        await _count(source, target, inner, count, [*path, target])
+
+
+async def check_spf(source: Source, domain: str) -> CheckResult:
+    """The ``spf`` check for a domain."""
+    fqdn = domain.rstrip(".") + "."
+    answer, spfs = await _fetch(source, fqdn)
+    if answer.error:
+        return answer.as_error("spf", domain)
+    evidence = [answer.evidence()]
+    if not spfs:
+        return CheckResult(
+            "spf",
+            Status.WARN,
+            domain,
+            "no SPF record: receivers cannot tell which hosts may send for the domain",
+            fix=f"publish '{fqdn} TXT \"v=spf1 mx -all\"' (or list your sending hosts with ip4:/ip6:)",
+            records=evidence,
+        )
+    if len(spfs) > 1:
+        return CheckResult(
+            "spf",
+            Status.FAIL,
+            domain,
+            f"{len(spfs)} SPF records: receivers return permerror (RFC 7208 3.2)",
+            fix="merge them into one 'v=spf1 ...' TXT record",
+            records=evidence,
+        )
+    record = parse_spf(spfs[0])
+    if record.errors:
+        return CheckResult(
+            "spf",
+            Status.FAIL,
+            domain,
+            "SPF syntax error: " + "; ".join(record.errors),
+            fix="correct the record (RFC 7208 section 5); e.g. 'v=spf1 mx -all'",
+            records=evidence,
+        )
+    count = _Count()
+    await _count(source, fqdn.rstrip(".").lower(), record, count, [fqdn.rstrip(".").lower()])
+    evidence += count.evidence
+    alls = [t for t in record.terms if t.name == "all"]
+    if alls and alls[0].qualifier == "+":
+        return CheckResult(
+            "spf",
+            Status.FAIL,
+            domain,
+            f"'{alls[0].text}' authorises every host on the internet to send as {domain}",
+            fix="end the record with '-all' (or '~all' while testing)",
+            records=evidence,
+        )
+    if count.lookups > LOOKUP_LIMIT:
+        return CheckResult(
+            "spf",
+            Status.FAIL,
+            domain,
+            f"{count.lookups} DNS-querying terms counted through includes; RFC 7208 4.6.4 allows {LOOKUP_LIMIT} (permerror)",
+            fix="replace include:/a/mx terms with ip4:/ip6: ranges, or drop includes you do not need",
+            records=evidence,
+        )
+    if count.problems:
+        return CheckResult("spf", Status.FAIL, domain, "; ".join(count.problems), fix="correct the included records", records=evidence)
+    if count.incomplete:
+        return CheckResult(
+            "spf",
+            Status.ERROR,
+            domain,
+            f"could not follow every include: {count.incomplete}",
+            fix="check that the resolver answers, then run again",
+            records=evidence,
+        )
+    if not alls and not any(t.name == "redirect" for t in record.terms):
+        return CheckResult(
+            "spf",
+            Status.WARN,
+            domain,
+            f"the record ends without 'all': other hosts get a neutral result ({count.lookups} lookups)",
+            fix="end the record with '-all'",
+            records=evidence,
+        )
+    if alls and alls[0].qualifier == "?":
+        return CheckResult(
+            "spf",
+            Status.WARN,
+            domain,
+            "'?all' gives other hosts a neutral result",
+            fix="end the record with '-all' or '~all'",
+            records=evidence,
+        )
+    return CheckResult("spf", Status.PASS, domain, f"'{spfs[0]}' ({count.lookups}/{LOOKUP_LIMIT} lookups)", records=evidence)
