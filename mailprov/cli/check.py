@@ -59,14 +59,20 @@ def check(
     Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
     """
-    names = list(domains or [])
+    names, zone_files = [], list(zone or [])
+    for arg in domains or []:
+        # `--zone examples/zones/*.zone alpha.test`: the shell puts all but the first file among the domains.
+        if zone_files and ("/" in arg or arg.endswith(".zone")) and Path(arg).is_file():
+            zone_files.append(Path(arg))
+        else:
+            names.append(arg)
     if file is not None:
         names += _read_domains(file)
     if not names:
         raise UsageError("no domain to check", fix="name at least one domain, or give -f FILE")
     if not 0 < ns_port < 65536:
         raise UsageError(f"--ns-port {ns_port} is out of range", fix="use a port from 1 to 65535")
-    for path in zone or []:
+    for path in zone_files:
         if not path.is_file():
             raise UsageError(f"zone file {path} does not exist", fix="give the path of a zone file")
     options = CheckOptions(
@@ -74,7 +80,7 @@ def check(
         ips=list(ip or []),
         dkim_selector=dkim_selector,
         resolvers=[parse_server(r) for r in resolver or []],
-        zone_files=list(zone or []),
+        zone_files=zone_files,
         timeout=timeout,
         concurrency=concurrency,
         authoritative=authoritative,
