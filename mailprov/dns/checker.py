@@ -32,7 +32,7 @@ from mailprov.errors import UsageError
 
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-_SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _RANK = {Status.PASS: 0, Status.SKIP: 0, Status.WARN: 1, Status.FAIL: 2}
 
 
@@ -71,7 +71,7 @@ def validate_options(options: CheckOptions) -> None:
         except ValueError:
             raise UsageError(f"--ip {ip!r} is not an IPv4 or IPv6 address", fix="write e.g. 192.0.2.10 or 2001:db8::10") from None
     options.ips = ips
-    if options.dkim_selector is not None and not _SELECTOR_RE.match(options.dkim_selector):
+    if options.dkim_selector is not None and not SELECTOR_RE.match(options.dkim_selector):
         raise UsageError(f"--dkim-selector {options.dkim_selector!r} is not a valid selector", fix="use letters, digits, '-', '_' and dots")
     if not options.timeout > 0:
         raise UsageError(f"--timeout {options.timeout} must be greater than 0", fix="give a number of seconds, e.g. 5")
