@@ -1,0 +1,437 @@
+"""Maildir access for POP3: list, size, render and update one user's Maildir, plus its session lock.
+
+What POP3 needs from a Maildir, and how it is done here:
+
+* **Listing without loading messages**: one ``os.scandir`` of ``new/`` and ``cur/`` (no per-file
+  ``stat``); messages are numbered in unique-name order, which is delivery order for names that start
+  with a timestamp, as every MDA writes them.
+* **Sizes equal to what RETR sends**: POP3 sizes count the message with CRLF line endings (before
+  byte-stuffing). That size is the raw file size plus one for every bare LF, so it needs one read of
+  the file. It is taken from a ``,W=NNN`` hint in the file name when there is one (Dovecot's
+  convention), else computed once and kept in a size cache (``STATE_DIR/pop3/DOMAIN/LOCAL.sizes``,
+  written with :func:`atomic_write`); the cache is only an accelerator and is rebuilt when lost.
+* **Stable UIDs that never repeat**: the UID is the Maildir unique name (the file name before
+  ``:2,``), which the MDA never reuses and which survives the ``new/`` to ``cur/`` move and restarts.
+  A name that is not a valid RFC 1939 unique-id (over 70 characters, or outside 0x21-0x7E) is
+  replaced by a SHA-256-derived id of the name, equally stable.
+* **CRLF and byte-stuffing**: :func:`render` converts bare LF to CRLF, doubles a leading dot and
+  appends the terminating ``.`` line; large messages are converted in chunks, never held whole.
+* **Maildir compatibility**: on QUIT, deleted messages are unlinked and retrieved messages in
+  ``new/`` are renamed into ``cur/`` with ``:2,S`` (file names otherwise left as the MDA wrote them);
+  retrieved messages already in ``cur/`` get the ``S`` flag added in order.
+* **One session per mailbox**: :class:`MailboxLock` holds ``flock`` on ``STATE_DIR/pop3/DOMAIN/LOCAL.lock``;
+  the kernel drops it when the descriptor closes, so a vanished client (or a crashed server) never
+  leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailprov.atomic import atomic_write, fsync_dir
+
+# Files at or below this size are rendered in one read; larger ones in chunks of this size.
+CHUNK = 256 * 1024
+_W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
+_UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
+_CACHE_MAGIC = "mailprov-pop3-sizes 1"
+
+
+class MailboxError(Exception):
+    """A Maildir operation failed in a way the client should see as a temporary server problem."""
+
+
+class MailboxBusy(MailboxError):
+    """Another POP3 session holds this mailbox."""
+
+
+@dataclass
+class Message:
+    """One message of a session's snapshot. ``name`` is the file name in ``subdir`` (``new`` or ``cur``)."""
+
+    name: str
+    subdir: str
+    size: int
+    uid: str
+    deleted: bool = False
+    retrieved: bool = False
+
+    @property
+    def base(self) -> str:
+        """The Maildir unique name: the file name without its ``:2,FLAGS`` info."""
+        return self.name.split(":", 1)[0]
+
+
+def uid_for(base: str) -> str:
+    """The POP3 unique-id of a Maildir unique name (RFC 1939: 1-70 characters 0x21-0x7E)."""
+    if _UID_OK.match(base):
+        return base
+    return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def crlf_size(data: bytes, *, final: bool = True) -> int:
+    """Octets of ``data`` once bare LFs become CRLF (and, when ``final``, a missing last CRLF is added)."""
+    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if final and data and not data.endswith(b"\n"):
+        size += 2
+    return size
+
+
+def _convert(data: bytes, at_line_start: bool) -> bytes:
+    """CRLF-normalize and byte-stuff ``data`` (a run of whole lines, except possibly the last)."""
+    if b"\r\n" in data:
+        data = data.replace(b"\r\n", b"\n")
+    data = data.replace(b"\n", b"\r\n")
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
+    if at_line_start and data[:1] == b".":
+        data = b"." + data
+    return data
+
+
+def render_bytes(data: bytes) -> bytes:
+    """A whole message as POP3 sends it: CRLF lines, byte-stuffed, ending with ``.`` CRLF."""
+    if not data:
+        return b".\r\n"
+    out = _convert(data, True)
+    return out + (b".\r\n" if out.endswith(b"\n") else b"\r\n.\r\n")
+
+
+def _header_end(norm: bytes) -> int:
+    """Offset just past the blank line ending the header of LF-normalized ``norm``, or -1."""
+    if norm[:1] == b"\n":
+        return 1
+    found = norm.find(b"\n\n")
+    return found + 2 if found >= 0 else -1
+
+
+def top_bytes(data: bytes, lines: int) -> bytes:
+    """The header and the first ``lines`` body lines, as TOP sends them (RFC 1939)."""
+    norm = data.replace(b"\r\n", b"\n")
+    cut = _header_end(norm)
+    if cut < 0:
+        return render_bytes(norm)  # header only: all of it
+    for _ in range(lines):
+        nl = norm.find(b"\n", cut)
+        if nl < 0:
+            cut = len(norm)
+            break
+        cut = nl + 1
+    return render_bytes(norm[:cut])
+
+
+def read_top(path: str, lines: int) -> bytes:
+    """Read only as much of the file as TOP needs: the header and ``lines`` more line ends."""
+    norm = bytearray()
+    carry = b""
+    header_end = -1
+    body_lines = 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK):
+            data = carry + chunk
+            carry = b"\r" if data.endswith(b"\r") else b""
+            start = len(norm)
+            norm += data[:-1] if carry else data
+            norm[start:] = norm[start:].replace(b"\r\n", b"\n")
+            if header_end < 0:
+                if norm[:1] == b"\n":
+                    header_end = 1
+                else:
+                    found = norm.find(b"\n\n", max(0, start - 1))
+                    if found < 0:
+                        continue
+                    header_end = found + 2
+                body_lines = norm.count(b"\n", header_end)
+            else:
+                body_lines += norm.count(b"\n", start)
+            if body_lines >= lines:
+                break
+    return top_bytes(bytes(norm) + carry, lines)
+
+
+def render_file(path: str, expected: int = 0) -> Iterator[bytes]:
+    """The rendered message at ``path`` (see :func:`render_bytes`) as an iterator of bounded pieces.
+
+    A small file takes one open and one read and is closed before this returns; a file larger than
+    :data:`CHUNK` is streamed (the iterator owns the descriptor), each piece cut at a line end so CRLF
+    pairs and leading dots are never split. Raises FileNotFoundError at once if the file is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, max(expected, 4096) + 1)
+        while len(data) <= CHUNK:
+            more = os.read(fd, CHUNK)
+            if not more:
+                return iter((render_bytes(data),))
+            data += more
+    except BaseException:
+        os.close(fd)
+        raise
+    return _render_stream(fd, data)
+
+
+def _render_stream(fd: int, pending: bytes) -> Iterator[bytes]:
+    try:
+        at_line_start = True
+        eof = False
+        while not eof:
+            while len(pending) < CHUNK:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    eof = True
+                    break
+                pending += chunk
+            if eof:
+                piece, pending = pending, b""
+            else:
+                cut = pending.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than CHUNK: cut it, but never between CR and LF
+                    cut = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
+                piece, pending = pending[:cut], pending[cut:]
+            if piece:
+                out = _convert(piece, at_line_start)
+                at_line_start = out.endswith(b"\n")
+                yield out
+        yield b".\r\n" if at_line_start else b"\r\n.\r\n"
+    finally:
+        os.close(fd)
+
+
+def file_crlf_size(path: str) -> int:
+    """The POP3 size of a message file, reading it once in chunks."""
+    size = 0
+    carry_cr = False
+    last = b""
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK):
+            size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            if carry_cr and chunk[:1] == b"\n":
+                size -= 1  # a CRLF split across two reads
+            carry_cr = chunk.endswith(b"\r")
+            last = chunk[-1:]
+    if last and last != b"\n":
+        size += 2
+    return size
+
+
+def _flags_with(name: str, flag: str) -> str:
+    """``name`` with ``flag`` added to its ``:2,`` info, flags kept sorted as the Maildir spec asks."""
+    base, sep, info = name.partition(":")
+    if sep and info.startswith("2,"):
+        flags = info[2:]
+        if flag in flags:
+            return name
+        return f"{base}:2,{''.join(sorted(flags + flag))}"
+    if sep:  # unknown info semantics: leave it alone
+        return name
+    return f"{base}:2,{flag}"
+
+
+class MailboxLock:
+    """An exclusive, non-blocking ``flock`` on the mailbox's lock file; released by :meth:`release`,
+    or by the kernel when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`MailboxBusy`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise MailboxBusy(str(self.path)) from None
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class UpdateResult:
+    """What the UPDATE state did."""
+
+    deleted: int = 0
+    marked_seen: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+class Mailbox:
+    """One user's Maildir as a POP3 session sees it: a snapshot taken at login, changed only on QUIT.
+
+    Blocking file-system calls: the server runs :meth:`open` and :meth:`commit` in a worker thread."""
+
+    def __init__(self, maildir: Path, state_base: Path) -> None:
+        self.maildir = maildir
+        self.cache_path = state_base.with_name(state_base.name + ".sizes")
+        self.lock = MailboxLock(state_base.with_name(state_base.name + ".lock"))
+        self.messages: list[Message] = []
+        self._cache: dict[str, int] = {}
+        self._cache_dirty = False
+
+    def open(self) -> list[Message]:
+        """Lock the mailbox and take the snapshot. Raises :class:`MailboxBusy` or :class:`MailboxError`."""
+        self.lock.acquire()
+        try:
+            self.messages = self._scan()
+            self._save_cache()
+        except OSError as exc:
+            self.lock.release()
+            raise MailboxError(f"cannot read {self.maildir}: {exc.strerror}") from None
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.messages
+
+    def close(self) -> None:
+        """Release the lock without changing anything (QUIT before login, or a dropped session)."""
+        self.lock.release()
+
+    def _load_cache(self) -> dict[str, int]:
+        cache: dict[str, int] = {}
+        try:
+            text = self.cache_path.read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return cache
+        lines = text.split("\n")
+        if lines[0] != _CACHE_MAGIC:
+            return cache  # unknown or damaged: rebuilt from the files
+        for line in lines[1:]:
+            name, _, size = line.rpartition(" ")
+            if name and size.isdigit():
+                cache[name] = int(size)
+        return cache
+
+    def _save_cache(self) -> None:
+        if not self._cache_dirty:
+            return
+        live = {m.base for m in self.messages}
+        body = "".join(f"{base} {size}\n" for base, size in self._cache.items() if base in live)
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # The cache can always be rebuilt: skip the directory fsync, keep the atomic rename.
+        atomic_write(self.cache_path, (_CACHE_MAGIC + "\n" + body).encode("utf-8", "surrogateescape"), mode=0o600, sync_dir=False)
+        self._cache_dirty = False
+
+    def _scan(self) -> list[Message]:
+        self._cache = self._load_cache()
+        found: list[tuple[str, str]] = []
+        for subdir in ("new", "cur"):
+            try:
+                with os.scandir(self.maildir / subdir) as entries:
+                    found += [(e.name, subdir) for e in entries if not e.name.startswith(".")]
+            except FileNotFoundError:
+                continue  # no mail delivered yet: an empty mailbox
+        found.sort(key=lambda item: item[0].split(":", 1)[0])
+        messages: list[Message] = []
+        seen: set[str] = set()
+        for name, subdir in found:
+            base = name.split(":", 1)[0]
+            if base in seen:  # the same message in new/ and cur/ (interrupted move): count it once
+                continue
+            size = self._size(base, name, subdir)
+            if size is None:
+                continue  # vanished while we looked: another program removed it
+            seen.add(base)
+            messages.append(Message(name, subdir, size, uid_for(base)))
+        return messages
+
+    def _size(self, base: str, name: str, subdir: str) -> int | None:
+        size = self._cache.get(base)
+        if size is not None:
+            return size
+        hint = _W_HINT.search(base)
+        if hint:
+            return int(hint.group(1))
+        try:
+            size = file_crlf_size(os.fspath(self.maildir / subdir / name))
+        except FileNotFoundError:
+            return None
+        if " " not in base and "\n" not in base:
+            self._cache[base] = size
+            self._cache_dirty = True
+        return size
+
+    def path(self, msg: Message) -> str:
+        """The current path of ``msg``'s file."""
+        return os.path.join(self.maildir, msg.subdir, msg.name)
+
+    def relocate(self, msg: Message) -> bool:
+        """Find ``msg`` again after another Maildir program renamed it (flags changed, new/ to cur/)."""
+        for subdir in ("cur", "new"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(self.maildir / subdir) as entries:
+                for entry in entries:
+                    if entry.name.split(":", 1)[0] == msg.base:
+                        msg.name, msg.subdir = entry.name, subdir
+                        return True
+        return False
+
+    def render(self, msg: Message, top: int | None = None) -> Iterator[bytes]:
+        """The message as RETR (``top`` None) or TOP sends it, ``.`` line included. Raises
+        FileNotFoundError if it is gone for good."""
+        try:
+            return self._render(msg, top)
+        except FileNotFoundError:
+            if not self.relocate(msg):
+                raise
+            return self._render(msg, top)
+
+    def _render(self, msg: Message, top: int | None) -> Iterator[bytes]:
+        if top is None:
+            return render_file(self.path(msg), msg.size)
+        return iter((read_top(self.path(msg), top),))
+
+    def commit(self) -> UpdateResult:
+        """The UPDATE state: unlink deleted messages, move retrieved ones to ``cur/`` with the ``S`` flag.
+
+        Each step is independent: a failure is reported and the rest still happens."""
+        result = UpdateResult()
+        touched: set[str] = set()
+        for msg in self.messages:
+            if not (msg.deleted or msg.retrieved):
+                continue
+            for attempt in range(2):
+                try:
+                    if msg.deleted:
+                        os.unlink(self.path(msg))
+                        result.deleted += 1
+                        touched.add(msg.subdir)
+                    else:
+                        target = _flags_with(msg.name, "S")
+                        if msg.subdir == "cur" and target == msg.name:
+                            break
+                        os.rename(self.path(msg), os.path.join(self.maildir, "cur", target))
+                        result.marked_seen += 1
+                        touched.update((msg.subdir, "cur"))
+                    break
+                except FileNotFoundError:
+                    if attempt or not self.relocate(msg):
+                        if not msg.deleted:
+                            result.failed.append(msg.name)
+                        break  # already gone: for a deletion, that is the goal
+                except OSError:
+                    result.failed.append(msg.name)
+                    break
+        for subdir in touched:
+            with contextlib.suppress(OSError):
+                fsync_dir(self.maildir / subdir)
+        if result.deleted:
+            self.messages = [m for m in self.messages if not m.deleted]
+            self._cache_dirty = True
+            with contextlib.suppress(OSError):
+                self._save_cache()
+        return result

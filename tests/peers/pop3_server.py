@@ -1,0 +1,179 @@
+"""Run mailprov's POP3 service for tests: in a background thread (fast) or as ``mailprov serve pop3``.
+
+Reusable by other test areas::
+
+    from tests.peers.pop3_server import POP3Thread, pop3_sections, client_tls_context
+
+    config = make_config(pop3=pop3_sections("127.0.4.10"))
+    with POP3Thread(config) as pop:
+        client = poplib.POP3(*pop.plain)          # STLS offered here
+        client = poplib.POP3_SSL(*pop.tls, context=client_tls_context(config))   # implicit TLS
+
+Use an address in your own private loopback range; ports are picked free on that address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mailprov.config import Config
+from mailprov.pop3.service import POP3Service
+from mailprov.tls import certificate_paths
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def pop3_sections(host: str, *, trusted: bool = False, **overrides: Any) -> dict[str, Any]:
+    """A ``[pop3]`` table listening on ``host`` (free ports); ``trusted`` allows passwords without TLS
+    from loopback. Pass it as ``make_config(pop3=pop3_sections(...))``."""
+    section: dict[str, Any] = {
+        "listen": [f"{host}:{free_port(host)}"],
+        "tls_listen": [f"{host}:{free_port(host)}"],
+        "plaintext_networks": ["127.0.0.0/8"] if trusted else [],
+        "auth_failure_delay": 0.05,
+    }
+    section.update(overrides)
+    return section
+
+
+def client_tls_context(config: Config) -> ssl.SSLContext:
+    """A client context trusting the service's (generated) certificate; host names are not checked
+    because tests connect to addresses."""
+    cert, _ = certificate_paths(config)
+    context = ssl.create_default_context(cafile=os.fspath(cert))
+    context.check_hostname = False
+    return context
+
+
+def _hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class POP3Thread:
+    """POP3Service running in its own event loop on a background thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service: POP3Service | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def plain(self) -> tuple[str, int]:
+        """(host, port) of the first plain (STLS) listener."""
+        return _hostport(self.config.pop3.listen[0])
+
+    @property
+    def tls(self) -> tuple[str, int]:
+        """(host, port) of the first implicit-TLS listener."""
+        return _hostport(self.config.pop3.tls_listen[0])
+
+    def start(self) -> POP3Thread:
+        """Start and wait until the sockets are bound (raises what start() raised)."""
+        Path(self.config.paths.state_dir).mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._main, name="pop3-test-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("POP3 service did not start within 30 s")
+        if self._error:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.service = POP3Service(self.config)
+            try:
+                await self.service.start()
+            except BaseException as exc:
+                self._error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            await self._stop.wait()
+            await self.service.stop()
+
+        asyncio.run(run())
+
+    def stop(self) -> None:
+        """Stop the service (sessions dropped without UPDATE) and join the thread."""
+        if self.loop and self._stop and self._thread and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(30)
+
+    def __enter__(self) -> POP3Thread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class POP3Process:
+    """``mailprov serve pop3 -c CONFIG`` as a child process (for crash and restart tests)."""
+
+    def __init__(self, config_path: Path, host: str, port: int) -> None:
+        self.config_path = config_path
+        self.host, self.port = host, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> POP3Process:
+        """Start it and wait (bounded) until the plain port accepts connections."""
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mailprov")), "serve", "pop3", "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailprov serve pop3 exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError("mailprov serve pop3 did not start listening")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit within 10 s."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> POP3Process:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
