@@ -22,6 +22,7 @@ _MECH_RE = re.compile(r"^([+\-~?]?)([A-Za-z0-9]+)(?::([^/]*))?(?:/(\d+))?(?://(\
 _MOD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*)=(.*)$")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 MAX_DEPTH = 10
+MAX_FETCHES = 40
 
 
 @dataclass
@@ -142,6 +143,7 @@ def _check_mechanism(name: str, value: str, cidr4: str | None, cidr6: str | None
 @dataclass
 class _Count:
     lookups: int = 0
+    fetches: int = 0
     problems: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
     incomplete: str | None = None
@@ -163,8 +165,11 @@ async def _count(source: Source, domain: str, record: SPFRecord, count: _Count, 
         if target in path:
             count.problems.append(f"'{term.text}' in {domain} loops back to {target}")
             continue
-        if len(path) >= MAX_DEPTH or count.lookups > LOOKUP_LIMIT:
+        # Follow past the limit (to report the full count), but bounded: a loop of includes costs nothing.
+        if len(path) >= MAX_DEPTH or count.fetches >= MAX_FETCHES:
+            count.problems.append(f"includes nest deeper than {MAX_DEPTH} or number over {MAX_FETCHES}; stopped counting")
             return
+        count.fetches += 1
         answer, spfs = await _fetch(source, target)
         count.evidence.append(answer.evidence())
         if answer.error:
