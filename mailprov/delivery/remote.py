@@ -21,9 +21,9 @@ Trust boundary: everything the remote server says is data. Its replies are kept 
 500 characters in results and logs. The relay password is read from its file when a connection
 authenticates, sent only over TLS (or to a loopback address), and never logged.
 
-Diagnostics: one log line per recipient, ``QUEUEID: to=<rcpt>, relay=HOST[ADDR]:PORT, delays=dns/wait/
-connect/xfer, dsn=X.Y.Z, status=sent|deferred|bounced (REPLY)``, plus a line per TLS session and per
-host that could not be used, all starting with the queue id.
+Diagnostics: the queue runner logs each Result (relay, delays from ``timings`` -- dns, wait, connect,
+xfer --, DSN code, reply). This module adds, starting with the queue id, a line per TLS session and per
+host that could not be used, and a debug line per recipient.
 
 Parameters: ``outbound.*`` (port, resolvers, helo_name, source_address, timeouts, tls, tls_policies,
 mta_sts, dkim_*, transports) and ``queue.per_destination``. Constructor keywords exist for tests and
@@ -581,7 +581,8 @@ class RemoteCourier:
         for rcpt, result in results.items():
             t = result.timings
             delays = "/".join(f"{t.get(k, 0.0):.2f}" for k in ("dns", "wait", "connect", "xfer"))
-            log.info(
+            # The queue runner writes the mail log line for each result; this one is for debugging the courier.
+            log.debug(
                 "%s: to=<%s>, relay=%s, delays=%s, dsn=%s, status=%s (%d %s)",
                 qid,
                 rcpt,

@@ -90,11 +90,10 @@ def client_context(*, verify: bool, ca_file: str | None = None) -> ssl.SSLContex
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
     # Opportunistic TLS: encryption without authentication still beats plain text (RFC 7435), and
-    # many MX hosts present self-signed certificates, so accept any and allow old protocol versions.
+    # many MX hosts present self-signed certificates, so accept any, and old ciphers too.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1
     with contextlib.suppress(ssl.SSLError):  # an OpenSSL build without that syntax keeps its defaults
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
     return context

@@ -1,0 +1,121 @@
+"""Fixtures for the outbound tests: a Knot server with the test zones, and configs that use it.
+
+Everything listens on 127.0.5.0/24 (this area's private range): Knot on 127.0.5.53:5353, SMTP peers on
+127.0.5.11-49 port 2525 (``outbound.port``), HTTPS for MTA-STS on 127.0.5.60-69 port 8443.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_programs
+from tests.outbound.pki import TestCA
+
+DNS_ADDR, DNS_PORT = "127.0.5.53", 5353
+SMTP_PORT = 2525
+HTTPS_PORT = 8443
+
+# One zone holds every routing case as a sub-domain of out.test.
+OUT_ZONE = """$TTL 60
+@           SOA ns.out.test. hostmaster.out.test. 1 3600 600 86400 60
+@           NS  ns.out.test.
+ns          A   127.0.5.53
+
+; two equal MX hosts and a backup
+multi       MX  10 mx1.multi.out.test.
+multi       MX  10 mx2.multi.out.test.
+multi       MX  20 backup.multi.out.test.
+mx1.multi   A   127.0.5.11
+mx2.multi   A   127.0.5.12
+backup.multi A  127.0.5.13
+
+; MX hosts with several addresses, IPv6 and IPv4
+dual        MX  10 mx.dual.out.test.
+mx.dual     AAAA ::1
+mx.dual     A   127.0.5.14
+
+; plain destinations for courier tests: one MX each
+a           MX  10 mx.a.out.test.
+mx.a        A   127.0.5.21
+b           MX  10 mx.b.out.test.
+mx.b        A   127.0.5.22
+c           MX  10 mx.c.out.test.
+mx.c        A   127.0.5.23
+d           MX  10 mx.d.out.test.
+mx.d        A   127.0.5.24
+; first MX has nothing listening, the second works
+fallback    MX  10 dead.fallback.out.test.
+fallback    MX  20 live.fallback.out.test.
+dead.fallback A 127.0.5.19
+live.fallback A 127.0.5.25
+; nothing listens anywhere
+dead        MX  10 mx.dead.out.test.
+mx.dead     A   127.0.5.19
+
+; no MX: the implicit MX is the domain itself
+implicit    A   127.0.5.15
+; null MX (RFC 7505)
+nullmx      MX  0 .
+; MX pointing at an alias (RFC 2181 10.3 says it must not)
+cname       MX  10 alias.cname.out.test.
+alias.cname CNAME real.cname.out.test.
+real.cname  A   127.0.5.16
+; MX whose target is written as an IP address, beside a proper one
+iplit       MX  10 127.0.5.17.
+iplit       MX  20 mx.iplit.out.test.
+mx.iplit    A   127.0.5.18
+onlyiplit   MX  10 127.0.5.17.
+; MX host without any address
+noaddr      MX  10 nothing.noaddr.out.test.
+; this host is an MX of these domains
+loop        MX  10 mail.example.test.
+backupme    MX  10 mx.a.out.test.
+backupme    MX  20 mail.example.test.
+; a name with records but no MX and no address
+txtonly     TXT "nothing for mail here"
+
+; MTA-STS: enforce for sts, testing for ststest; HTTPS on 127.0.5.60-61
+sts         MX  10 mx.sts.out.test.
+sts         MX  20 rogue.sts.out.test.
+mx.sts      A   127.0.5.26
+rogue.sts   A   127.0.5.27
+_mta-sts.sts TXT "v=STSv1; id=20261127a;"
+mta-sts.sts A   127.0.5.60
+"""
+
+
+@pytest.fixture(scope="session")
+def knot(tmp_path_factory: pytest.TempPathFactory):
+    """Knot serving out.test on 127.0.5.53:5353 for the whole session."""
+    require_programs("knotd")
+    from tests.peers.knot import KnotServer
+
+    server = KnotServer(tmp_path_factory.mktemp("knot"), DNS_ADDR, DNS_PORT, {"out.test": OUT_ZONE})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def out_config(make_config, tmp_path: Path):
+    """A config whose outbound resolver is the test Knot and whose MX port is the peers' port."""
+
+    def build(outbound: dict | None = None, queue: dict | None = None, **sections):
+        values = {
+            "resolvers": [f"{DNS_ADDR}:{DNS_PORT}"],
+            "port": SMTP_PORT,
+            "connect_timeout": 5,
+            "command_timeout": 10,
+            "mta_sts": False,
+        }
+        values.update(outbound or {})
+        return make_config(outbound=values, queue=queue or {}, **sections)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
