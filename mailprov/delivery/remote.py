@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
@@ -392,7 +393,8 @@ class RemoteCourier:
         except TimeoutError:
             raise SessionError(f"connect to {relay}: timed out after {self.config.outbound.connect_timeout}s", enhanced="4.4.1") from None
         except OSError as exc:
-            raise SessionError(f"connect to {relay}: {exc.strerror or exc}", enhanced="4.4.1") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise SessionError(f"connect to {relay}: {reason}", enhanced="4.4.1") from None
         smtp = aiosmtplib.SMTP(
             hostname=hop.name,  # only used as the TLS server name: the socket is already connected
             sock=sock,

@@ -75,7 +75,13 @@ class ScriptedHandler:
             if reply:
                 return reply
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content, self._session_no(session), session.ssl is not None)
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.content,
+                    self._session_no(session),
+                    server.transport.get_extra_info("ssl_object") is not None,
+                )
             )
             return f"250 2.0.0 Ok: queued as S{n}"
         finally:
