@@ -181,6 +181,19 @@ async def _authoritative(source: Source, domain: str, options: CheckOptions, rep
     servers = [(a, options.ns_port) for a in addresses]
     inside = NetworkSource(servers, timeout=options.timeout, concurrency=options.concurrency, recursion=False)
     at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+    unanswered = next((c for c in at_source.checks if c.status == Status.ERROR and c.id == "domain.exists"), None)
+    if unanswered is not None:
+        report.checks.append(
+            CheckResult(
+                "authoritative",
+                Status.ERROR,
+                domain,
+                f"the name servers of {apex} did not answer: {unanswered.summary}",
+                fix="check that the name servers are up and reachable (and --ns-port), then run again",
+                records=[a.evidence() for a in asked] + unanswered.records,
+            )
+        )
+        return
     report.checks.append(
         CheckResult(
             "authoritative",

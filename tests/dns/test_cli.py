@@ -1,0 +1,134 @@
+"""``mailprov check`` through the CLI: exit codes 0/1/2/3, JSON and JUnit shapes, -f, --strict, --zone globs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailprov.cli import app
+from tests.dns import zones as tz
+from tests.dns.conftest import KNOT_ADDRESS, KNOT_PORT
+
+pytestmark = pytest.mark.peers
+RESOLVER = f"{KNOT_ADDRESS}:{KNOT_PORT}"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "zones"
+
+
+def cli(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["check", *args])
+
+
+def test_good_domain_exits_0_with_json(knot) -> None:
+    result = cli("--resolver", RESOLVER, "--dkim-selector", tz.SELECTOR, "--format", "json", tz.domain("good"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"domains", "verdict"} and data["verdict"] == "pass"
+    (domain,) = data["domains"]
+    assert set(domain) == {"domain", "verdict", "checks"} and domain["domain"] == "good.zz.test"
+    for check in domain["checks"]:
+        assert set(check) == {"id", "status", "subject", "summary", "fix", "records"}
+        for record in check["records"]:
+            assert set(record) == {"query", "server", "rcode", "answer", "ttl"}
+    mx = next(c for c in domain["checks"] if c["id"] == "mx")
+    assert mx["records"][0] == {
+        "query": "good.zz.test. MX",
+        "server": RESOLVER,
+        "rcode": "NOERROR",
+        "answer": ["good.zz.test. 300 IN MX 10 mx.good.zz.test."],
+        "ttl": 300,
+    }
+
+
+def test_failure_exits_1(knot) -> None:
+    result = cli("--resolver", RESOLVER, tz.domain("spfall"))
+    assert result.exit_code == 1, result.output
+    assert "FAIL  spf" in result.stdout and "fix: end the record with '-all'" in result.stdout
+
+
+def test_warnings_pass_unless_strict(knot) -> None:
+    assert cli("--resolver", RESOLVER, tz.domain("dmarcnone")).exit_code == 0
+    assert cli("--resolver", RESOLVER, "--strict", tz.domain("dmarcnone")).exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bad..name"],
+        ["-bad.example"],
+        ["--resolver", "not-an-ip", "good.zz.test"],
+        ["--resolver", "127.0.0.1:99999", "good.zz.test"],
+        ["--timeout", "0", "good.zz.test"],
+        ["--ip", "300.1.1.1", "good.zz.test"],
+        ["--host", "bad_host!", "good.zz.test"],
+        ["--dkim-selector", "a b", "good.zz.test"],
+        ["--format", "xml", "good.zz.test"],
+        ["--zone", "/nonexistent.zone", "good.zz.test"],
+        ["-f", "/nonexistent-domains.txt"],
+        [],
+    ],
+)
+def test_bad_usage_exits_2_without_traceback(args: list[str]) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_bad_zone_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.test.zone"
+    bad.write_text("$ORIGIN broken.test.\n@ 300 IN MX ten\n")
+    result = cli("--zone", str(bad), "broken.test")
+    assert result.exit_code == 2 and "broken.test.zone" in result.output
+
+
+def test_silent_resolver_exits_3_naming_server_and_query(blackhole) -> None:
+    result = cli("--resolver", "127.0.2.3:5303", "--timeout", "0.3", tz.domain("good"))
+    assert result.exit_code == 3, result.output
+    assert "127.0.2.3:5303" in result.stdout and "good.zz.test. MX" in result.stdout
+
+
+def test_refusing_server_exits_3(knot) -> None:
+    # Knot is authoritative for zz.test only: it refuses other names, as a broken resolver would.
+    result = cli("--resolver", RESOLVER, "example.org")
+    assert result.exit_code == 3, result.output
+    assert "REFUSED" in result.stdout
+
+
+def test_junit_one_testcase_per_check(knot) -> None:
+    result = cli("--resolver", RESOLVER, "--format", "junit", tz.domain("good"), tz.domain("spfall"))
+    assert result.exit_code == 1
+    root = ET.fromstring(result.stdout.split("\n", 1)[1])
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["good.zz.test", "spfall.zz.test"]
+    spfall = suites[1]
+    assert int(spfall.get("tests")) == len(spfall.findall("testcase")) > 5
+    failures = [case.get("name") for case in spfall.findall("testcase") if case.find("failure") is not None]
+    assert failures == ["spf spfall.zz.test"]
+    assert int(spfall.get("failures")) == 1
+
+
+def test_domains_from_file(knot, tmp_path: Path) -> None:
+    listing = tmp_path / "domains.txt"
+    listing.write_text(f"# two domains\n{tz.domain('good')}\n\n{tz.domain('nullmx')}  # null MX\n")
+    result = cli("--resolver", RESOLVER, "--format", "json", "-f", str(listing))
+    data = json.loads(result.stdout)
+    assert [d["domain"] for d in data["domains"]] == ["good.zz.test", "nullmx.zz.test"]
+    assert result.exit_code == 1
+
+
+def test_bundled_demo_zones_pass_offline() -> None:
+    files = sorted(str(p) for p in EXAMPLES.glob("*.zone"))
+    # As the shell expands `--zone examples/zones/*.zone alpha.test beta.test`.
+    result = cli("--zone", files[0], *files[1:], "--host", "mail.alpha.test", "--ip", "127.0.6.10", "alpha.test", "beta.test")
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.stdout and "ERROR" not in result.stdout
+
+
+def test_zone_mode_without_the_reverse_zone_is_incomplete() -> None:
+    result = cli("--zone", str(EXAMPLES / "alpha.test.zone"), "alpha.test")
+    assert result.exit_code == 3
+    assert "in none of the zone files" in result.stdout
