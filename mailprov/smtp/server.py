@@ -1,0 +1,222 @@
+"""The SMTP listeners: aiosmtpd's protocol with our limits, on ports 25, 587 and 465.
+
+aiosmtpd keeps the grammar; this subclass only adds what a server on the internet needs and aiosmtpd
+leaves out, each at one well-defined point:
+
+* connection limits, total and per client (``smtp.max_connections``, ``max_connections_per_client``):
+  an over-limit client gets ``421 4.7.0`` instead of the banner;
+* errors before disconnect (``smtp.max_errors``): every 4xx/5xx reply counts; then ``421 4.7.0`` and close;
+* per-state timeouts: ``smtp.command_timeout`` between commands, ``smtp.data_timeout`` for the body;
+* line length (``smtp.max_line_length``) and per-session command length limits (aiosmtpd keeps the
+  latter in a class-wide dict that every new connection resets; we make it per connection);
+* RFC 2034 enhanced status codes on every reply after EHLO, including aiosmtpd's built-in ones.
+
+Modes: ``mx`` (STARTTLS offered, AUTH only after it, relay rules apply), ``submission`` (STARTTLS
+required before anything else, AUTH required before MAIL), ``submissions`` (implicit TLS, AUTH required).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import ssl
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from mailprov.config import Config, parse_hostport
+from mailprov.delivery.local import LocalCourier
+from mailprov.queue.runner import QueueRunner
+from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
+from mailprov.smtp.handler import SMTPHandler
+from mailprov.users import Directory
+
+log = logging.getLogger("mailprov.smtp")
+# aiosmtpd's per-command chatter stays out of the mail log; its warning about AUTH without STARTTLS is
+# wrong for port 465, where the whole connection is TLS (is_tls below; AUTH also refuses without it).
+logging.getLogger("mail.log").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS", module="aiosmtpd")
+
+IDENT = "ESMTP mailprov"
+MODES = ("mx", "submission", "submissions")
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_ENHANCED = {
+    220: "2.0.0",
+    221: "2.0.0",
+    250: "2.0.0",
+    251: "2.1.5",
+    252: "2.0.0",
+    421: "4.7.0",
+    450: "4.0.0",
+    451: "4.0.0",
+    452: "4.3.1",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    535: "5.7.8",
+    538: "5.7.11",
+    550: "5.0.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.0.0",
+    555: "5.5.4",
+}
+
+
+def add_enhanced_code(status: str) -> str:
+    """``503 Error: need MAIL command`` -> ``503 5.5.1 Error: need MAIL command`` (RFC 2034); replies that
+    already carry one, and 334/354 intermediate replies, are left alone."""
+    if len(status) < 4 or not status[:3].isdigit() or status[3] not in " -" or _HAS_ENHANCED.match(status):
+        return status
+    code = int(status[:3])
+    if code in (334, 354):
+        return status
+    enhanced = _ENHANCED.get(code, f"{code // 100}.0.0")
+    return f"{status[:4]}{enhanced} {status[4:]}"
+
+
+@dataclass
+class SMTPContext:
+    """What every session shares: configuration, directory, storage and limits."""
+
+    config: Config
+    directory: Directory
+    runner: QueueRunner
+    local: LocalCourier
+    tls_context: ssl.SSLContext | None
+    auth_limiter: AuthLimiter
+    connections: ConnectionLimiter
+
+
+class MailprovSMTP(SMTP):
+    """aiosmtpd's SMTP protocol plus limits (see the module docstring)."""
+
+    def __init__(self, handler: SMTPHandler, *, ctx: SMTPContext, implicit_tls: bool = False, **kwargs: Any) -> None:
+        cfg = ctx.config.smtp
+        self.line_length_limit = cfg.max_line_length + 1  # + the transparency dot; read by SMTP.__init__
+        super().__init__(handler, **kwargs)
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+        self.data_timeout = float(cfg.data_timeout)
+        self.max_errors = cfg.max_errors
+        self.client_ip = ""
+        self._errors = 0
+        self._in_ehlo = False
+        self._slot = False
+        self._refusal: str | None = None
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the session is encrypted (implicit TLS or after STARTTLS)."""
+        return self.implicit_tls or self._tls_protocol is not None
+
+    def close(self) -> None:
+        """Close the connection (after a final reply)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = str(peer[0]) if peer else ""
+            self._refusal = self.ctx.connections.acquire(self.client_ip)
+            self._slot = self._refusal is None
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._slot:
+            self._slot = False
+            self.ctx.connections.release(self.client_ip)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal:
+            log.warning("refused connection from [%s]: %s", self.client_ip, self._refusal)
+            await self.push(f"421 4.7.0 {self.hostname} {self._refusal}")
+            self.close()
+            return
+        await super()._handle_client()
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.command_size_limits.clear()  # aiosmtpd adds to these on every EHLO; start afresh each time
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self.data_timeout)
+        await super().smtp_DATA(arg)
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            if self.session is not None and self.session.extended_smtp and not self._in_ehlo:
+                status = add_enhanced_code(status)
+            code = status[:3]
+        else:
+            code = status[:3].decode("ascii", "replace")
+        await super().push(status)
+        if code[:1] in ("4", "5") and code not in ("421", "535") and self.transport is not None:
+            self._errors += 1
+            if self._errors >= self.max_errors:
+                log.warning("disconnecting [%s] after %d errors", self.client_ip, self._errors)
+                await super().push(f"421 4.7.0 {self.hostname} Error: too many errors")
+                self.close()
+
+
+async def create_servers(ctx: SMTPContext) -> list[asyncio.Server]:
+    """Bind every configured listener (not yet serving: call ``start_serving`` after dropping privileges)."""
+    cfg = ctx.config
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.Server] = []
+    listeners = [("mx", a) for a in cfg.smtp.listen]
+    listeners += [("submission", a) for a in cfg.smtp.submission_listen]
+    listeners += [("submissions", a) for a in cfg.smtp.submissions_listen]
+    for mode, address in listeners:
+        host, port = parse_hostport(address, key="smtp.listen")
+        handler = SMTPHandler(ctx, mode)
+        implicit = mode == "submissions"
+
+        def factory(handler: SMTPHandler = handler, mode: str = mode, implicit: bool = implicit) -> MailprovSMTP:
+            return MailprovSMTP(
+                handler,
+                ctx=ctx,
+                implicit_tls=implicit,
+                hostname=cfg.server.hostname,
+                ident=IDENT,
+                data_size_limit=cfg.smtp.max_message_size,
+                enable_SMTPUTF8=True,
+                tls_context=None if implicit else ctx.tls_context,
+                require_starttls=mode == "submission",
+                auth_required=mode != "mx",
+                auth_require_tls=not implicit,
+                timeout=float(cfg.smtp.command_timeout),
+                loop=loop,
+            )
+
+        try:
+            server = await loop.create_server(
+                factory,
+                host=host,
+                port=port,
+                ssl=ctx.tls_context if implicit else None,
+                reuse_address=True,
+                start_serving=False,
+            )
+        except OSError:
+            for s in servers:
+                s.close()
+            raise
+        log.info("listening on %s (%s)", address, mode)
+        servers.append(server)
+    return servers

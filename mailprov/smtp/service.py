@@ -1,0 +1,105 @@
+"""``SMTPService``: the MTA as one service (listeners, queue runner, local delivery) for ``mailprov serve``.
+
+``start()`` creates the queue directories, loads the TLS certificate and binds every listener, all
+before ``mailprov serve`` drops root privileges. Serving (accepting connections) and the queue runner
+begin only once the process runs as the service user, so every file written afterwards (queue files,
+Maildirs) is owned by it. Outside ``mailprov serve`` (tests, benchmarks, non-root runs) they begin at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+
+from mailprov.config import Config
+from mailprov.delivery.local import LocalCourier
+from mailprov.queue.diskio import DiskIO
+from mailprov.queue.runner import QueueRunner, load_remote_courier
+from mailprov.queue.store import STATES, QueueStore
+from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
+from mailprov.smtp.server import SMTPContext, create_servers
+from mailprov.tls import server_context
+from mailprov.users import AliasDB, Directory, UserDB
+
+log = logging.getLogger("mailprov.smtp")
+DROP_WAIT = 30.0  # seconds to wait for 'mailprov serve' to drop privileges before working anyway
+
+
+class SMTPService:
+    """The service contract (``name``, ``start``, ``stop``) around the SMTP server and the queue."""
+
+    name = "smtp"
+
+    def __init__(self, config: Config, *, wait_for_drop: bool | None = None) -> None:
+        self.config = config
+        self.directory = Directory(UserDB(config.paths.users_file), AliasDB(config.paths.aliases_file), config.server.domains)
+        self.io = DiskIO(threads=8)
+        self.store = QueueStore(config.paths.queue_dir)
+        self.local = LocalCourier(config, self.directory, io=self.io)
+        self.remote = load_remote_courier(config)
+        self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
+        self.servers: list[asyncio.Server] = []
+        self.ready = asyncio.Event()
+        self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
+        self._go_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind the listeners; start serving and the queue now, or after the privilege drop."""
+        self.store.ensure_dirs()
+        if os.geteuid() == 0:
+            self._chown_queue()
+        ctx = SMTPContext(
+            config=self.config,
+            directory=self.directory,
+            runner=self.runner,
+            local=self.local,
+            tls_context=server_context(self.config),
+            auth_limiter=AuthLimiter(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
+            connections=ConnectionLimiter(self.config.smtp.max_connections, self.config.smtp.max_connections_per_client),
+        )
+        self.servers = await create_servers(ctx)
+        if self.wait_for_drop:
+            self._go_task = asyncio.get_running_loop().create_task(self._go_after_drop())
+        else:
+            await self._go()
+
+    def _chown_queue(self) -> None:
+        try:
+            user = pwd.getpwnam(self.config.server.user)
+        except KeyError:
+            return  # 'mailprov serve' refuses to run on with a missing user anyway
+        if user.pw_uid == 0:
+            return
+        for state in STATES:
+            os.chown(self.store.dir(state), user.pw_uid, user.pw_gid)
+
+    async def _go_after_drop(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DROP_WAIT
+        while os.geteuid() == 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if os.geteuid() == 0:
+            log.warning("still root after %.0f s: serving anyway", DROP_WAIT)
+        await self._go()
+
+    async def _go(self) -> None:
+        await self.runner.start()
+        for server in self.servers:
+            await server.start_serving()
+        self.ready.set()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight deliveries finish (bounded), release resources."""
+        if self._go_task is not None:
+            self._go_task.cancel()
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=5)
+            except TimeoutError:
+                log.warning("some SMTP sessions did not end within 5 s")
+        await self.runner.stop()
+        self.io.close()

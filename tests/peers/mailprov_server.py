@@ -1,0 +1,263 @@
+"""Run the whole mailprov MTA as a real process on loopback, for end-to-end tests.
+
+Reused by the SMTP, outbound, POP3 and reliability tests::
+
+    from tests.peers.mailprov_server import MailprovTree, run_mailprov
+
+    tree = MailprovTree.create(hostname="mx.beta.test", domains=["beta.test"], ip="127.0.3.20")
+    tree.add_user("john@beta.test", "secret")
+    server = run_mailprov(tree.config_path)        # waits until every listener answers 220
+    ...                                            # smtplib.SMTP(tree.ip, tree.ports["smtp"])
+    server.stop()                                  # SIGTERM, then SIGKILL of the process group
+
+or with the pytest fixture ``mailprov_server`` (a factory that stops every server it started). The tree
+lives in a world-traversable temporary directory: when the tests run as root, ``mailprov serve`` binds
+and then drops to ``server.user`` (``nobody`` here), which must be able to read the users file and
+write the queue and mail directories; ``add_user`` and ``chown`` take care of that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailprov import config as config_mod
+from mailprov.users import AliasDB, UserDB
+
+RUN_USER = "nobody"
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def render_toml(data: dict[str, dict[str, Any]]) -> str:
+    """A minimal TOML writer for configuration dictionaries (one table per section)."""
+    out = []
+    for section, values in data.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+@dataclass
+class MailprovTree:
+    """A configuration file and its directories under one temporary root."""
+
+    root: Path
+    config_path: Path
+    ip: str
+    ports: dict[str, int]
+    hostname: str
+    domains: list[str]
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        hostname: str = "mx.beta.test",
+        domains: list[str] | tuple[str, ...] = ("beta.test",),
+        ip: str = "127.0.3.10",
+        root: Path | None = None,
+        **sections: dict[str, Any],
+    ) -> MailprovTree:
+        """Write ``mailprov.toml`` listening on ``ip`` (free ports for 25/587/465); ``sections`` override
+        or extend tables, e.g. ``smtp={"trusted_networks": []}``, ``queue={"retry_min": 1}``."""
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="mailprov-test-", dir="/tmp"))
+        root.chmod(0o755)
+        ports = {"smtp": free_port(ip), "submission": free_port(ip), "submissions": free_port(ip)}
+        data: dict[str, dict[str, Any]] = {
+            "server": {"hostname": hostname, "domains": list(domains), "user": RUN_USER, "log_level": "info"},
+            "paths": {
+                "queue_dir": str(root / "queue"),
+                "mail_dir": str(root / "mail"),
+                "state_dir": str(root / "state"),
+                "users_file": str(root / "etc" / "users"),
+                "aliases_file": str(root / "etc" / "aliases"),
+                "log_file": "",
+            },
+            "smtp": {
+                "listen": [f"{ip}:{ports['smtp']}"],
+                "submission_listen": [f"{ip}:{ports['submission']}"],
+                "submissions_listen": [f"{ip}:{ports['submissions']}"],
+                "auth_failure_delay": 0.1,
+            },
+            "queue": {"scan_interval": 0.5},
+            "pop3": {"listen": [f"{ip}:{free_port(ip)}"], "tls_listen": [f"{ip}:{free_port(ip)}"]},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        (root / "etc").mkdir(exist_ok=True)
+        config_path = root / "mailprov.toml"
+        config_path.write_text(render_toml(data))
+        config_mod.load(config_path)  # fail early, with the key named, on a bad override
+        tree = cls(root, config_path, ip, ports, hostname, list(domains), data)
+        tree.chown()
+        return tree
+
+    @property
+    def config(self) -> config_mod.Config:
+        return config_mod.load(self.config_path)
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    def add_user(self, address: str, password: str) -> None:
+        """Create a user (argon2id hash) readable by the service user."""
+        UserDB(self.root / "etc" / "users").add(address, password)
+        self.chown()
+
+    def add_alias(self, alias: str, *targets: str) -> None:
+        """Create an alias."""
+        AliasDB(self.root / "etc" / "aliases").add(alias, list(targets))
+        self.chown()
+
+    def chown(self) -> None:
+        """When root: hand the tree to the service user (``mailprov serve`` drops to it)."""
+        if os.geteuid() != 0:
+            return
+        user = pwd.getpwnam(RUN_USER)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            os.chown(dirpath, user.pw_uid, user.pw_gid)
+            for name in filenames:
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(os.path.join(dirpath, name), user.pw_uid, user.pw_gid)
+
+    def maildir_files(self, address: str, sub: str = "new") -> list[Path]:
+        """Message files in a user's Maildir (``new`` by default)."""
+        local, _, domain = address.lower().rpartition("@")
+        folder = self.mail_dir / domain / local / sub
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+    def queue_files(self, state: str) -> list[Path]:
+        """Queue files in one state directory (temporary files excluded)."""
+        folder = self.queue_dir / state
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class MailprovProcess:
+    """A running ``mailprov serve``."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (crash simulation) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; SIGKILL the group if it does not exit in time. Returns the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # stray children of an exited leader
+        return self.proc.returncode
+
+
+def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until ``host:port`` answers with a 220 banner (bounded by ``deadline``)."""
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before {host}:{port} answered")
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                if port_is_tls(s, host, port):
+                    return
+                banner = s.recv(512)
+                if banner.startswith(b"220"):
+                    return
+                last = RuntimeError(f"unexpected banner {banner!r}")
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not answer 220 in time: {last}")
+
+
+def port_is_tls(sock: socket.socket, host: str, port: int) -> bool:
+    """Implicit-TLS ports say nothing until the handshake; a connect is proof enough for them."""
+    sock.settimeout(0.3)
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(2)
+    return not data
+
+
+def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 30.0, env: dict[str, str] | None = None) -> MailprovProcess:
+    """Start ``mailprov serve SERVICES -c CONFIG`` in its own process group and wait until every SMTP
+    listener in the configuration answers. Raises (after stopping it) if it does not come up."""
+    config = config_mod.load(config_path)
+    log_path = Path(config_path).with_suffix(f".{services}.log")
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from mailprov.cli import main; main()", "serve", services, "-c", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    server = MailprovProcess(proc, log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        if services in ("smtp", "all"):
+            for address in config.smtp.listen + config.smtp.submission_listen + config.smtp.submissions_listen:
+                host, port = config_mod.parse_hostport(address, key="smtp")
+                wait_for_banner(host, port, deadline, proc)
+    except BaseException as exc:
+        server.stop()
+        raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None
+    return server
