@@ -1,0 +1,459 @@
+"""``mailprov probe``: the live proof that a deployed host works, reported like ``mailprov check``.
+
+Checks, in order, each a :class:`~mailprov.dns.model.CheckResult` with a stable id:
+
+  probe.port            every port answers (SMTP, submission, submissions, POP3, POP3S)
+  probe.ptr             the PTR of the address names the host
+  probe.banner          the SMTP greeting names the host
+  probe.ehlo            the EHLO reply names the host
+  probe.tls             STARTTLS (SMTP, submission, POP3 STLS) and implicit TLS (submissions, POP3S) work and
+                        serve the deployed certificate (``--expect-cert``) or one naming the host
+  probe.relay           unauthenticated relay to a foreign domain is refused (port 25 and submission)
+  probe.submission      with ``--user``: AUTH over submission works and a test message is accepted
+  probe.pop3            with ``--user``: that message reaches the mailbox and is fetched (and deleted) over POP3S
+
+Nothing here raises for a problem with the host: every problem is a result. Bad input raises
+:class:`~mailprov.errors.UsageError` before anything is probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import poplib
+import smtplib
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+import dns.exception
+import dns.resolver
+import dns.reversename
+
+from mailprov.dns.model import CheckResult, DomainReport, Evidence, Report, Status
+from mailprov.errors import UsageError
+
+PROBE_HELO = "probe.mailprov.invalid"
+RELAY_SENDER = "probe@mailprov-probe.invalid"
+RELAY_RECIPIENT = "relay-test@example.net"
+POLL = 0.2  # seconds between mailbox polls
+
+
+@dataclass
+class ProbeTarget:
+    """What to probe and how."""
+
+    hostname: str
+    address: str
+    smtp_port: int = 25
+    submission_port: int = 587
+    submissions_port: int = 465
+    pop3_port: int = 110
+    pop3s_port: int = 995
+    resolvers: list[tuple[str, int]] = field(default_factory=list)
+    source_address: str | None = None
+    user: str | None = None
+    password: str | None = None
+    expect_cert_der: bytes | None = None
+    timeout: float = 30.0  # seconds for the test message to arrive
+    io_timeout: float = 10.0  # seconds per network operation
+
+    def validate(self) -> None:
+        """Refuse bad input with a clear message."""
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            try:
+                self.address = socket.getaddrinfo(self.address, None, type=socket.SOCK_STREAM)[0][4][0]
+            except OSError:
+                raise UsageError(f"cannot resolve {self.address!r}", fix="give --address IP") from None
+        for name in ("smtp_port", "submission_port", "submissions_port", "pop3_port", "pop3s_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range", fix="use 1 to 65535")
+        if bool(self.user) != bool(self.password):
+            raise UsageError("--user needs a password", fix="pipe the password in with --password-stdin")
+        if self.timeout <= 0 or self.io_timeout <= 0:
+            raise UsageError("timeouts must be greater than 0")
+
+
+def load_certificate(pem: str, source: str) -> bytes:
+    """The DER bytes of the first certificate in ``pem`` (UsageError naming ``source`` otherwise)."""
+    start = pem.find("-----BEGIN CERTIFICATE-----")
+    end = pem.find("-----END CERTIFICATE-----")
+    if start < 0 or end < 0:
+        raise UsageError(f"{source} holds no PEM certificate", fix="give the certificate file the host serves")
+    try:
+        return ssl.PEM_cert_to_DER_cert(pem[start : end + len("-----END CERTIFICATE-----")] + "\n")
+    except ValueError:
+        raise UsageError(f"{source} holds a damaged PEM certificate") from None
+
+
+def _client_context() -> ssl.SSLContext:
+    # The probe inspects the certificate itself (it may be self-signed); it does not trust it.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _cert_names(der: bytes) -> list[str]:
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    names = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    with contextlib.suppress(x509.ExtensionNotFound):
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.DNSName)
+    return [str(n).lower() for n in names]
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP that keeps the server's greeting (smtplib reads it in connect() and drops it)."""
+
+    banner = ""
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> tuple[int, bytes]:
+        code, msg = super().connect(host, port, source_address)
+        self.banner = msg.decode(errors="replace")
+        return code, msg
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL that keeps the server's greeting."""
+
+    banner = ""
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> tuple[int, bytes]:
+        code, msg = super().connect(host, port, source_address)
+        self.banner = msg.decode(errors="replace")
+        return code, msg
+
+
+class _POP3(poplib.POP3):
+    """poplib.POP3 that can connect from a chosen source address."""
+
+    def __init__(self, host: str, port: int, timeout: float, source: str | None) -> None:
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0) if self._source else None)
+
+
+class _POP3S(_POP3):
+    """POP3 over implicit TLS from a chosen source address."""
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        sock = super()._create_socket(timeout)
+        return _client_context().wrap_socket(sock, server_hostname=self.host)
+
+
+class Prober:
+    """Runs the checks against one target and collects the results."""
+
+    def __init__(self, target: ProbeTarget) -> None:
+        self.t = target
+        self.results: list[CheckResult] = []
+        self.server = f"{target.address}"
+
+    def add(self, check_id: str, status: Status, subject: str, summary: str, fix: str = "", evidence: list[Evidence] | None = None) -> None:
+        self.results.append(CheckResult(check_id, status, subject, summary, fix, evidence or []))
+
+    def _source(self) -> tuple[str, int] | None:
+        return (self.t.source_address, 0) if self.t.source_address else None
+
+    def _smtp(self, port: int, implicit_tls: bool = False) -> _SMTP | _SMTP_SSL:
+        if implicit_tls:
+            return _SMTP_SSL(
+                self.t.address,
+                port,
+                local_hostname=PROBE_HELO,
+                timeout=self.t.io_timeout,
+                source_address=self._source(),
+                context=_client_context(),
+            )
+        return _SMTP(self.t.address, port, local_hostname=PROBE_HELO, timeout=self.t.io_timeout, source_address=self._source())
+
+    # --- the checks -------------------------------------------------------------------------------
+
+    def ports(self) -> dict[str, bool]:
+        """probe.port: a TCP connection to every service port."""
+        ports = {
+            "smtp": self.t.smtp_port,
+            "submission": self.t.submission_port,
+            "submissions": self.t.submissions_port,
+            "pop3": self.t.pop3_port,
+            "pop3s": self.t.pop3s_port,
+        }
+        up = {}
+        for name, port in ports.items():
+            endpoint = f"{self.t.address}:{port}"
+            try:
+                with socket.create_connection((self.t.address, port), timeout=self.t.io_timeout, source_address=self._source()):
+                    up[name] = True
+                self.add("probe.port", Status.PASS, f"{name} {endpoint}", "accepts connections")
+            except OSError as exc:
+                up[name] = False
+                self.add(
+                    "probe.port",
+                    Status.FAIL,
+                    f"{name} {endpoint}",
+                    f"no connection: {exc.strerror or exc}",
+                    "start the service (mailprov deploy) and check its listen address and any firewall",
+                )
+        return up
+
+    def ptr(self) -> None:
+        """probe.ptr: the address's PTR names the host."""
+        resolver = dns.resolver.Resolver(configure=not self.t.resolvers)
+        if self.t.resolvers:
+            resolver.nameservers = [h for h, _ in self.t.resolvers]
+            resolver.port = self.t.resolvers[0][1]
+        resolver.lifetime = self.t.io_timeout
+        qname = dns.reversename.from_address(self.t.address).to_text()
+        server = ", ".join(f"{h}:{p}" for h, p in self.t.resolvers) or "system resolver"
+        try:
+            answer = resolver.resolve(qname, "PTR")
+            names = [rd.target.to_text().rstrip(".").lower() for rd in answer]
+            evidence = [Evidence(f"{qname} PTR", server, "NOERROR", [rd.to_text() for rd in answer])]
+        except dns.resolver.NXDOMAIN:
+            names, evidence = [], [Evidence(f"{qname} PTR", server, "NXDOMAIN")]
+        except dns.resolver.NoAnswer:
+            names, evidence = [], [Evidence(f"{qname} PTR", server, "NOERROR")]
+        except dns.exception.DNSException as exc:
+            self.add("probe.ptr", Status.ERROR, self.t.address, f"PTR query failed: {exc}", "check the resolver (--resolver)")
+            return
+        if self.t.hostname in names:
+            self.add("probe.ptr", Status.PASS, self.t.address, f"PTR is {self.t.hostname}", evidence=evidence)
+        else:
+            self.add(
+                "probe.ptr",
+                Status.FAIL,
+                self.t.address,
+                f"PTR is {', '.join(names) or 'missing'}, not {self.t.hostname}",
+                f"ask the address's owner to set its PTR to {self.t.hostname}",
+                evidence,
+            )
+
+    def _check_cert(self, label: str, der: bytes | None) -> None:
+        subject = f"{label} {self.t.address}"
+        if not der:
+            self.add("probe.tls", Status.FAIL, subject, "TLS handshake gave no certificate")
+            return
+        if self.t.expect_cert_der is not None:
+            if der == self.t.expect_cert_der:
+                self.add("probe.tls", Status.PASS, subject, f"serves the deployed certificate (sha256 {_fingerprint(der)}...)")
+            else:
+                self.add(
+                    "probe.tls",
+                    Status.FAIL,
+                    subject,
+                    f"serves certificate sha256 {_fingerprint(der)}..., not the deployed one ({_fingerprint(self.t.expect_cert_der)}...)",
+                    "restart the service so it loads the new certificate, or check tls.cert in its configuration",
+                )
+            return
+        names = _cert_names(der)
+        if self.t.hostname in names or any(n.startswith("*.") and self.t.hostname.endswith(n[1:]) for n in names):
+            self.add("probe.tls", Status.PASS, subject, f"certificate names {self.t.hostname} (sha256 {_fingerprint(der)}...)")
+        else:
+            self.add(
+                "probe.tls",
+                Status.FAIL,
+                subject,
+                f"certificate names {', '.join(names) or 'nothing'}, not {self.t.hostname}",
+                "install a certificate for the host name",
+            )
+
+    def smtp_identity_and_tls(self) -> None:
+        """probe.banner, probe.ehlo and STARTTLS on the SMTP port."""
+        subject = f"smtp {self.t.address}:{self.t.smtp_port}"
+        try:
+            with self._smtp(self.t.smtp_port) as smtp:
+                banner_name = smtp.banner.split()[0].lower() if smtp.banner.split() else ""
+                if banner_name == self.t.hostname:
+                    self.add("probe.banner", Status.PASS, subject, f"greeting names {banner_name}")
+                else:
+                    self.add(
+                        "probe.banner",
+                        Status.FAIL,
+                        subject,
+                        f"greeting {smtp.banner!r} does not name {self.t.hostname}",
+                        "set server.hostname",
+                    )
+                _, msg = smtp.ehlo()
+                lines = msg.decode(errors="replace").splitlines()
+                ehlo_name = lines[0].split()[0].lower() if lines and lines[0].split() else ""
+                if ehlo_name == self.t.hostname:
+                    self.add("probe.ehlo", Status.PASS, subject, f"EHLO reply names {ehlo_name}")
+                else:
+                    self.add(
+                        "probe.ehlo",
+                        Status.FAIL,
+                        subject,
+                        f"EHLO reply names {ehlo_name or 'nothing'}, not {self.t.hostname}",
+                        "set server.hostname to the host's name",
+                    )
+                if not smtp.has_extn("starttls"):
+                    self.add("probe.tls", Status.FAIL, f"smtp-starttls {self.t.address}", "STARTTLS is not offered", "configure tls.cert")
+                    return
+                smtp.starttls(context=_client_context())
+                self._check_cert(f"smtp-starttls:{self.t.smtp_port}", smtp.sock.getpeercert(binary_form=True))
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, subject, f"SMTP dialogue failed: {exc}")
+
+    def relay(self) -> None:
+        """probe.relay: without AUTH, mail to a foreign domain must be refused (port 25 and submission)."""
+        for label, port in (("smtp", self.t.smtp_port), ("submission", self.t.submission_port)):
+            subject = f"{label} {self.t.address}:{port}"
+            try:
+                with self._smtp(port) as smtp:
+                    smtp.ehlo()
+                    if smtp.has_extn("starttls"):
+                        smtp.starttls(context=_client_context())
+                        smtp.ehlo()
+                    code, msg = smtp.mail(RELAY_SENDER)
+                    if code >= 400:
+                        self.add("probe.relay", Status.PASS, subject, f"relay refused at MAIL FROM ({code} {msg.decode(errors='replace')})")
+                        continue
+                    code, msg = smtp.rcpt(RELAY_RECIPIENT)
+                    text = msg.decode(errors="replace")
+                    with contextlib.suppress(smtplib.SMTPException, OSError):
+                        smtp.rset()
+                    if code >= 500:
+                        self.add("probe.relay", Status.PASS, subject, f"relay refused ({code} {text})")
+                    elif code >= 400:
+                        self.add("probe.relay", Status.WARN, subject, f"relay deferred, not refused ({code} {text})", "refuse with 5xx")
+                    else:
+                        self.add(
+                            "probe.relay",
+                            Status.FAIL,
+                            subject,
+                            f"OPEN RELAY: accepted RCPT TO:<{RELAY_RECIPIENT}> from an unauthenticated client ({code} {text})",
+                            "remove this client's network from smtp.trusted_networks (mailprov_mta_trusted_networks)",
+                        )
+            except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+                self.add("probe.relay", Status.ERROR, subject, f"SMTP dialogue failed: {exc}")
+
+    def tls_ports(self) -> None:
+        """probe.tls on submission (STARTTLS), submissions (implicit), POP3 (STLS) and POP3S (implicit)."""
+        try:
+            with self._smtp(self.t.submission_port) as smtp:
+                smtp.ehlo()
+                smtp.starttls(context=_client_context())
+                self._check_cert(f"submission-starttls:{self.t.submission_port}", smtp.sock.getpeercert(binary_form=True))
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"submission-starttls {self.t.address}:{self.t.submission_port}", f"failed: {exc}")
+        try:
+            with self._smtp(self.t.submissions_port, implicit_tls=True) as smtp:
+                smtp.ehlo()
+                self._check_cert(f"submissions-tls:{self.t.submissions_port}", smtp.sock.getpeercert(binary_form=True))
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"submissions-tls {self.t.address}:{self.t.submissions_port}", f"failed: {exc}")
+        try:
+            pop = _POP3(self.t.address, self.t.pop3_port, self.t.io_timeout, self.t.source_address)
+            try:
+                pop.stls(context=_client_context())
+                self._check_cert(f"pop3-stls:{self.t.pop3_port}", pop.sock.getpeercert(binary_form=True))
+            finally:
+                with contextlib.suppress(Exception):
+                    pop.quit()
+        except (OSError, poplib.error_proto, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"pop3-stls {self.t.address}:{self.t.pop3_port}", f"failed: {exc}")
+        try:
+            pop = _POP3S(self.t.address, self.t.pop3s_port, self.t.io_timeout, self.t.source_address)
+            try:
+                self._check_cert(f"pop3s-tls:{self.t.pop3s_port}", pop.sock.getpeercert(binary_form=True))
+            finally:
+                with contextlib.suppress(Exception):
+                    pop.quit()
+        except (OSError, poplib.error_proto, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"pop3s-tls {self.t.address}:{self.t.pop3s_port}", f"failed: {exc}")
+
+    def round_trip(self) -> None:
+        """probe.submission and probe.pop3: submit to the user's own mailbox, then fetch and delete it."""
+        user, password = self.t.user or "", self.t.password or ""
+        token = uuid.uuid4().hex
+        message = EmailMessage()
+        message["From"] = user
+        message["To"] = user
+        message["Subject"] = f"mailprov probe {token}"
+        message["Message-ID"] = f"<{token}@{self.t.hostname}>"
+        message.set_content(f"mailprov probe of {self.t.hostname}: {token}\n")
+        subject = f"submission {self.t.address}:{self.t.submission_port}"
+        try:
+            with self._smtp(self.t.submission_port) as smtp:
+                smtp.ehlo()
+                smtp.starttls(context=_client_context())
+                smtp.ehlo()
+                smtp.login(user, password)
+                smtp.send_message(message, from_addr=user, to_addrs=[user])
+            self.add("probe.submission", Status.PASS, subject, f"AUTH as {user} and submission accepted")
+        except smtplib.SMTPAuthenticationError as exc:
+            self.add("probe.submission", Status.FAIL, subject, f"AUTH as {user} refused: {exc.smtp_code}", "check the user and password")
+            return
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            self.add("probe.submission", Status.FAIL, subject, f"submission failed: {exc}")
+            return
+        subject = f"pop3s {self.t.address}:{self.t.pop3s_port}"
+        deadline = time.monotonic() + self.t.timeout
+        while True:
+            try:
+                found = self._fetch(user, password, token)
+            except (OSError, poplib.error_proto, ssl.SSLError) as exc:
+                self.add("probe.pop3", Status.FAIL, subject, f"POP3 session failed: {exc}")
+                return
+            if found:
+                self.add("probe.pop3", Status.PASS, subject, f"test message {token[:8]} fetched from {user}'s mailbox and deleted")
+                return
+            if time.monotonic() >= deadline:
+                self.add(
+                    "probe.pop3",
+                    Status.FAIL,
+                    subject,
+                    f"test message {token[:8]} did not reach {user}'s mailbox within {self.t.timeout:.0f}s",
+                    "see 'mailprov queue list' and the service log on the host",
+                )
+                return
+            time.sleep(POLL)
+
+    def _fetch(self, user: str, password: str, token: str) -> bool:
+        pop = _POP3S(self.t.address, self.t.pop3s_port, self.t.io_timeout, self.t.source_address)
+        try:
+            pop.user(user)
+            pop.pass_(password)
+            count, _ = pop.stat()
+            for number in range(1, count + 1):
+                _, lines, _ = pop.retr(number)
+                if any(token.encode() in line for line in lines):
+                    pop.dele(number)
+                    return True
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                pop.quit()
+
+
+def probe(target: ProbeTarget) -> Report:
+    """Run every check against ``target``; the result is a one-group :class:`Report` named after the host."""
+    target.validate()
+    prober = Prober(target)
+    up = prober.ports()
+    prober.ptr()
+    if up.get("smtp"):
+        prober.smtp_identity_and_tls()
+        prober.relay()
+    if all(up.values()):
+        prober.tls_ports()
+        if target.user:
+            prober.round_trip()
+        else:
+            prober.add("probe.submission", Status.SKIP, target.hostname, "skipped: no --user for the round trip")
+    return Report([DomainReport(target.hostname, prober.results)])

@@ -1,0 +1,105 @@
+"""Build the mailprov wheel on the controller, keyed by a digest of its source, for idempotent installs.
+
+The base role runs this on the controller::
+
+    python -m mailprov.deploy.wheel --source /path/to/checkout --out /tmp/mailprov-wheels [--offline]
+
+and reads one JSON object: ``{"wheel": PATH, "digest": SHA256, "wheelhouse": DIR or ""}``. The digest
+covers every file that goes into the wheel (``pyproject.toml``, ``README.md``, the ``mailprov`` package),
+so the same source gives the same digest whatever the build's timestamps; the role reinstalls on a
+target only when the digest differs from the one recorded in the target's venv. A build for a digest
+that is already in ``--out`` is reused. ``--offline`` also collects every dependency as a wheel into a
+wheelhouse that the role ships, so targets need no package index. ``--wheel FILE`` skips the build and
+reports the digest of a wheel built elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mailprov.errors import MailprovError
+
+SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01: the earliest timestamp a zip can hold
+
+
+def source_digest(source: Path) -> str:
+    """SHA-256 over the relative path and content of every file the wheel is built from."""
+    files = [source / "pyproject.toml", source / "README.md"]
+    files += sorted(p for p in (source / "mailprov").rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    digest = hashlib.sha256()
+    for path in files:
+        if path.exists():
+            digest.update(str(path.relative_to(source)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pip(args: list[str]) -> None:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+        raise MailprovError(f"pip {args[0]} failed:\n{tail}", fix="check that the controller can build the project (pip, setuptools)")
+
+
+def build(source: Path, out: Path, *, offline: bool = False) -> dict[str, str]:
+    """Build (or reuse) the wheel for ``source`` under ``out``; with ``offline`` also its dependencies."""
+    if not (source / "pyproject.toml").exists():
+        raise MailprovError(f"{source} has no pyproject.toml", fix="point mailprov_base_source_dir at a mailprov checkout")
+    digest = source_digest(source)
+    target = out / digest[:16]
+    wheels = sorted(target.glob("mailprov-*.whl"))
+    if not wheels:
+        target.mkdir(parents=True, exist_ok=True)
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(target), str(source)])
+        wheels = sorted(target.glob("mailprov-*.whl"))
+        if not wheels:
+            raise MailprovError(f"pip built no mailprov wheel in {target}")
+    wheelhouse = ""
+    if offline:
+        house = target / "wheelhouse"
+        if not (house / ".complete").exists():
+            house.mkdir(exist_ok=True)
+            _pip(["wheel", "--quiet", "--wheel-dir", str(house), str(wheels[0])])
+            (house / ".complete").write_text(digest + "\n")
+        wheelhouse = str(house)
+    return {"wheel": str(wheels[0]), "digest": digest, "wheelhouse": wheelhouse}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the JSON description of the wheel to install; exit 1 with a message on failure."""
+    parser = argparse.ArgumentParser(prog="python -m mailprov.deploy.wheel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, help="mailprov checkout to build from")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/mailprov-wheels"), help="build cache directory")
+    parser.add_argument("--wheel", type=Path, help="use this prebuilt wheel instead of building")
+    parser.add_argument("--offline", action="store_true", help="also build a wheelhouse of every dependency")
+    args = parser.parse_args(argv)
+    try:
+        if args.wheel:
+            if not args.wheel.is_file():
+                raise MailprovError(f"no such wheel: {args.wheel}", fix="set mailprov_base_wheel to an existing .whl file")
+            result = {"wheel": str(args.wheel.resolve()), "digest": file_digest(args.wheel), "wheelhouse": ""}
+        elif args.source:
+            result = build(args.source.resolve(), args.out, offline=args.offline)
+        else:
+            raise MailprovError("give --source or --wheel")
+    except MailprovError as exc:
+        print(f"mailprov wheel: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
