@@ -151,7 +151,7 @@ class MailprovTree:
         if os.geteuid() != 0:
             return
         user = pwd.getpwnam(RUN_USER)
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in os.walk(self.root):
             os.chown(dirpath, user.pw_uid, user.pw_gid)
             for name in filenames:
                 with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,152 @@
+"""Operator actions on the queue (``mailprov queue ...``), like Postfix's mailq, postqueue and postsuper.
+
+They work on the directories only, so they are safe while the server runs: every action is a rename or
+an unlink, and the running queue runner notices within ``queue.scan_interval`` seconds (it rescans
+``incoming/`` and ``deferred/``). An item being delivered at that moment finishes its attempt; its new
+state is then written wherever the operator put it (``hold/``), or dropped if it was deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from mailprov.errors import UsageError
+from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore
+
+# mailq's markers: '*' being delivered, '!' on hold.
+MARKERS = {"active": "*", "hold": "!", "incoming": " ", "deferred": " "}
+
+
+@dataclass
+class Entry:
+    """One queued message as listed."""
+
+    state: str
+    item: QueueItem
+
+
+def entries(store: QueueStore, states: tuple[str, ...] = ("incoming", "active", "deferred", "hold")) -> list[Entry]:
+    """Every readable item, oldest first (unreadable ones are quarantined by the scan)."""
+    found = [Entry(state, item) for state, item in store.scan(states)]
+    return sorted(found, key=lambda e: e.item.arrival)
+
+
+def _targets(store: QueueStore, ids: list[str], states: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(state, id) pairs for ``ids`` (``ALL`` means every item in ``states``); unknown ids are an error."""
+    if [i.upper() for i in ids] == ["ALL"]:
+        return [(s, i) for s in states for i in store.ids(s)]
+    out = []
+    for queue_id in ids:
+        qid = queue_id.upper()
+        state = store.locate(qid)
+        if state is None:
+            raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+        if state in states:
+            out.append((state, qid))
+    return out
+
+
+def flush(store: QueueStore, ids: list[str]) -> int:
+    """Make deferred items due now (move them to ``incoming/``). Returns how many moved."""
+    moved = 0
+    for state, qid in _targets(store, ids or ["ALL"], ("deferred",)):
+        with contextlib.suppress(FileNotFoundError):
+            store.move(qid, state, "incoming")
+            moved += 1
+    return moved
+
+
+def hold(store: QueueStore, ids: list[str]) -> int:
+    """Park items in ``hold/``: they are not delivered until released."""
+    moved = 0
+    for state, qid in _targets(store, ids, ("incoming", "active", "deferred")):
+        with contextlib.suppress(FileNotFoundError):
+            store.move(qid, state, "hold")
+            moved += 1
+    return moved
+
+
+def release(store: QueueStore, ids: list[str]) -> int:
+    """Release held items (to ``incoming/``: delivered at the next scan)."""
+    moved = 0
+    for state, qid in _targets(store, ids, ("hold",)):
+        with contextlib.suppress(FileNotFoundError):
+            store.move(qid, state, "incoming")
+            moved += 1
+    return moved
+
+
+def delete(store: QueueStore, ids: list[str]) -> int:
+    """Delete items for good (any state but ``corrupt``; remove those by hand after a look)."""
+    removed = 0
+    for state, qid in _targets(store, ids, ("incoming", "active", "deferred", "hold")):
+        if store.path(state, qid).exists():
+            store.remove(state, qid)
+            removed += 1
+    return removed
+
+
+def show(store: QueueStore, queue_id: str) -> tuple[str, QueueItem, bytes]:
+    """One item with its message."""
+    qid = queue_id.upper()
+    state = store.locate(qid)
+    if state is None:
+        raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+    try:
+        item, message = store.read(state, qid)
+    except CorruptQueueFile as exc:
+        raise UsageError(f"{state}/{qid} is unreadable: {exc}", fix="inspect the file by hand") from None
+    return state, item, message
+
+
+def format_list(found: list[Entry]) -> str:
+    """mailq's layout: id (with marker), size, arrival, sender; then each pending recipient with its last
+    reply."""
+    if not found:
+        return "Mail queue is empty"
+    lines = ["-Queue ID-          --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    total = 0
+    for entry in found:
+        item = entry.item
+        total += item.size
+        arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(item.arrival))
+        lines.append(f"{item.id}{MARKERS.get(entry.state, ' ')} {item.size:>8} {arrival}  {item.sender or 'MAILER-DAEMON'}")
+        for rcpt in item.pending:
+            if rcpt.reply:
+                reply = f"{rcpt.code} {rcpt.enhanced} {rcpt.reply}" if rcpt.code else rcpt.reply
+                lines.append(f"{'':20}({reply[:200]})")
+            lines.append(f"{'':49}{rcpt.address}")
+        lines.append("")
+    count = len(found)
+    lines.append(f"-- {max(1, total // 1024)} Kbytes in {count} Request{'s' if count != 1 else ''}.")
+    return "\n".join(lines)
+
+
+def format_item(state: str, item: QueueItem, message: bytes, *, body: bool = False) -> str:
+    """Everything about one item: envelope, per-recipient status, then the headers (or the whole message)."""
+    lines = [
+        f"queue id:     {item.id}",
+        f"state:        {state}",
+        f"sender:       <{item.sender}>",
+        f"arrival:      {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(item.arrival))}",
+        f"size:         {item.size}",
+        f"client:       {item.client}" + (f" (sasl_username={item.auth_user})" if item.auth_user else ""),
+        f"attempts:     {item.attempts}",
+    ]
+    if item.next_attempt and item.pending:
+        lines.append(f"next attempt: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(item.next_attempt))}")
+    lines.append("recipients:")
+    for r in item.recipients:
+        orig = f" (for {r.original})" if r.original != r.address else ""
+        reply = f": {r.code} {r.enhanced} {r.reply}" if r.code else (f": {r.reply}" if r.reply else "")
+        lines.append(f"  {r.status:<9} {r.address}{orig} [{'local' if r.local else 'remote'}, {r.attempts} attempts]{reply}")
+    lines.append("")
+    end = message.find(b"\r\n\r\n")
+    shown = message if body or end < 0 else message[: end + 2]
+    lines.append(shown.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n"))
+    return "\n".join(lines)
+
+
+__all__ = ["STATES", "Entry", "delete", "entries", "flush", "format_item", "format_list", "hold", "release", "show"]
