@@ -6,9 +6,12 @@ Everything listens on 127.0.5.0/24 (this area's private range): Knot on 127.0.5.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import require_programs
 from tests.outbound.pki import TestCA
@@ -86,14 +89,67 @@ mta-sts.sts A   127.0.5.60
 """
 
 
+# The acceptance story: alex's server (mail.alpha.test) and john's (mx.beta.test), on this area's range.
+ALPHA_IP, BETA_IP, POSTFIX_IP = "127.0.5.100", "127.0.5.101", "127.0.5.102"
+DKIM_SELECTOR = "mp1"
+
+
+def alpha_zone(dkim_txt: str) -> str:
+    return f"""$TTL 60
+@       SOA ns.alpha.test. hostmaster.alpha.test. 1 3600 600 86400 60
+@       NS  ns.alpha.test.
+ns      A   127.0.5.53
+@       MX  10 mail.alpha.test.
+mail    A   {ALPHA_IP}
+@       TXT "v=spf1 ip4:{ALPHA_IP} -all"
+{DKIM_SELECTOR}._domainkey TXT {dkim_txt}
+"""
+
+
+BETA_ZONE = f"""$TTL 60
+@       SOA ns.beta.test. hostmaster.beta.test. 1 3600 600 86400 60
+@       NS  ns.beta.test.
+ns      A   127.0.5.53
+@       MX  10 mx.beta.test.
+mx      A   {BETA_IP}
+"""
+
+# gamma.test is served by Postfix (the reference MTA as the receiving peer).
+GAMMA_ZONE = f"""$TTL 60
+@       SOA ns.gamma.test. hostmaster.gamma.test. 1 3600 600 86400 60
+@       NS  ns.gamma.test.
+ns      A   127.0.5.53
+@       MX  10 mx.gamma.test.
+mx      A   {POSTFIX_IP}
+"""
+
+
+def make_dkim_key(directory: Path) -> tuple[Path, str]:
+    """An RSA 2048 key as 'mailprov dns plan' writes it, and its TXT record in zone-file syntax."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = directory / f"{DKIM_SELECTOR}._domainkey.alpha.test.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.chmod(0o644)  # the test server runs as nobody; a real deployment keeps it 0600 for the service user
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    value = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+    chunks = [value[i : i + 250] for i in range(0, len(value), 250)]
+    return path, "( " + " ".join(f'"{c}"' for c in chunks) + " )"
+
+
 @pytest.fixture(scope="session")
 def knot(tmp_path_factory: pytest.TempPathFactory):
-    """Knot serving out.test on 127.0.5.53:5353 for the whole session."""
+    """Knot serving out.test, alpha.test, beta.test and gamma.test on 127.0.5.53:5353 for the session;
+    ``knot.dkim_key`` is alpha.test's DKIM private key (its public half is in the zone)."""
     require_programs("knotd")
     from tests.peers.knot import KnotServer
 
-    server = KnotServer(tmp_path_factory.mktemp("knot"), DNS_ADDR, DNS_PORT, {"out.test": OUT_ZONE})
+    workdir = tmp_path_factory.mktemp("knot")
+    workdir.chmod(0o755)
+    key_path, txt = make_dkim_key(workdir)
+    zones = {"out.test": OUT_ZONE, "alpha.test": alpha_zone(txt), "beta.test": BETA_ZONE, "gamma.test": GAMMA_ZONE}
+    server = KnotServer(workdir, DNS_ADDR, DNS_PORT, zones)
     server.start()
+    server.dkim_key = key_path  # type: ignore[attr-defined]
     yield server
     server.stop()
 
