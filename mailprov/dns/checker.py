@@ -180,7 +180,10 @@ async def _authoritative(source: Source, domain: str, options: CheckOptions, rep
         return
     servers = [(a, options.ns_port) for a in addresses]
     inside = NetworkSource(servers, timeout=options.timeout, concurrency=options.concurrency, recursion=False)
-    at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+    try:
+        at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+    finally:
+        inside.close()
     unanswered = next((c for c in at_source.checks if c.status == Status.ERROR and c.id == "domain.exists"), None)
     if unanswered is not None:
         report.checks.append(
@@ -228,6 +231,7 @@ async def check_domains(domains: list[str], options: CheckOptions | None = None,
     names = [normalize_name(d) for d in domains]
     if not names:
         raise UsageError("no domain to check", fix="name at least one domain, or give -f FILE")
+    own = source is None
     source = source or make_source(options)
     limit = asyncio.Semaphore(options.domain_concurrency)
 
@@ -238,7 +242,18 @@ async def check_domains(domains: list[str], options: CheckOptions | None = None,
                 await _authoritative(source, domain, options, report)
             return report
 
-    return Report(list(await asyncio.gather(*(one(d) for d in names))))
+    try:
+        return Report(list(await asyncio.gather(*(one(d) for d in names))))
+    finally:
+        if own:
+            close_source(source)
+
+
+def close_source(source: Source) -> None:
+    """Release a source's sockets, if it has any."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
 
 
 def run_checks(domains: list[str], options: CheckOptions | None = None) -> Report:

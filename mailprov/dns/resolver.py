@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +34,7 @@ from mailprov.errors import UsageError
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CONCURRENCY = 256
+SOCKETS_PER_SERVER = 4
 
 
 @dataclass
@@ -93,7 +95,11 @@ class Answer:
 
     def evidence(self) -> Evidence:
         """This answer as report evidence."""
-        answer = [rr.to_text() for rrset in self.rrsets for rr in _split(rrset)]
+        answer = [
+            f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
+            for rrset in self.rrsets
+            for rd in rrset
+        ]
         return Evidence(
             query=f"{self.qname} {self.rdtype}",
             server=self.server,
@@ -101,11 +107,6 @@ class Answer:
             answer=answer if not self.error else [self.error],
             ttl=self.ttl,
         )
-
-
-def _split(rrset: dns.rrset.RRset) -> list[dns.rrset.RRset]:
-    """One single-record RRset per record, so each prints as its own zone-file line."""
-    return [dns.rrset.from_rdata(rrset.name, rrset.ttl, rd) for rd in rrset]
 
 
 class Source(Protocol):
@@ -151,6 +152,42 @@ def fmt_server(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _Mux(asyncio.DatagramProtocol):
+    """One connected UDP socket to one server, shared by concurrent queries; answers matched by ID and question.
+
+    Creating a socket per query costs more than the query itself against a fast server; a small pool of
+    these (random source ports, random IDs, answers checked against the question) keeps that cost once.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[dns.message.Message, asyncio.Future[dns.message.Message]]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        entry = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
+        if entry is None:
+            return
+        request, future = entry
+        try:
+            response = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            return  # a malformed or forged packet: keep waiting for the real answer
+        if request.is_response(response) and not future.done():
+            future.set_result(response)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error (port unreachable) on the connected socket: every query in flight on it fails now.
+        for _, future in self.pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error_received(exc or ConnectionError("socket closed"))
+
+
 class NetworkSource:
     """Asks DNS servers in order, with a per-server timeout, caching and a cap on queries in flight."""
 
@@ -171,6 +208,47 @@ class NetworkSource:
         self.description = ", ".join(fmt_server(h, p) for h, p in servers)
         self._limit = asyncio.Semaphore(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] | None = {} if cache else None
+        self._muxes: dict[tuple[str, int], list[_Mux]] = {}
+        self._next = 0
+
+    async def _mux(self, host: str, port: int) -> _Mux:
+        pool = self._muxes.setdefault((host, port), [])
+        if len(pool) < SOCKETS_PER_SERVER:
+            loop = asyncio.get_running_loop()
+            _, mux = await loop.create_datagram_endpoint(_Mux, remote_addr=(host, port))
+            pool.append(mux)
+            return mux
+        self._next += 1
+        return pool[self._next % len(pool)]
+
+    async def _udp(self, request: dns.message.Message, host: str, port: int) -> dns.message.Message:
+        """Send over a pooled socket; on a truncated answer, ask again over TCP."""
+        mux = await self._mux(host, port)
+        assert mux.transport is not None
+        while True:
+            request.id = secrets.randbelow(65536)
+            if request.id not in mux.pending:
+                break
+        future: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
+        mux.pending[request.id] = (request, future)
+        try:
+            mux.transport.sendto(request.to_wire())
+            response = await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
+            raise dns.exception.Timeout() from None
+        finally:
+            mux.pending.pop(request.id, None)
+        if response.flags & dns.flags.TC:
+            response = await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port)
+        return response
+
+    def close(self) -> None:
+        """Close the pooled sockets."""
+        for pool in self._muxes.values():
+            for mux in pool:
+                if mux.transport is not None:
+                    mux.transport.close()
+        self._muxes.clear()
 
     async def query(self, name: str, rdtype: str) -> Answer:
         """Answer from the cache, or ask the servers (concurrent askers of one query share it)."""
@@ -193,7 +271,7 @@ class NetworkSource:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
-                    response, _ = await dns.asyncquery.udp_with_fallback(request, host, timeout=self.timeout, port=port)
+                    response = await self._udp(request, host, port)
                 except dns.exception.Timeout:
                     failures.append(f"{server}: no answer within {self.timeout:g} s")
                     continue

@@ -142,6 +142,11 @@ class ZoneSource:
         self.fallback = fallback
         self.description = "zone files" + (f", then {fallback.description}" if fallback else "")
 
+    def close(self) -> None:
+        """Close the fallback's sockets."""
+        if self.fallback is not None:
+            self.fallback.close()
+
     async def query(self, name: str, rdtype: str) -> Answer:
         """Answer from the zones, or from the fallback for names they do not hold."""
         qname = dns.name.from_text(name)

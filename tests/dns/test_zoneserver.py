@@ -152,6 +152,7 @@ def test_serve_zones_cli_runs_in_the_foreground_and_stops_on_sigterm() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+        proc.stderr.close()
 
 
 def test_serve_zones_cli_bad_input_exits_2(tmp_path: Path) -> None:
