@@ -26,7 +26,7 @@ from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
 from mailprov.dns.mx import check_mx, host_addresses
 from mailprov.dns.ptr import check_address, check_host_address
 from mailprov.dns.resolver import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Answer, NetworkSource, Source, fmt_server, system_resolvers
-from mailprov.dns.spf import check_spf
+from mailprov.dns.spf import check_spf, check_spf_sender
 from mailprov.dns.zonefile import ZoneSet, ZoneSource
 from mailprov.errors import UsageError
 
@@ -124,6 +124,8 @@ async def check_domain(source: Source, domain: str, options: CheckOptions) -> Do
     )
     report.checks.extend(r for results in ptr_results for r in results)
     report.checks.extend(await record_checks)
+    # The provisioned host's addresses must be allowed to send for the domain.
+    report.checks.extend(await asyncio.gather(*(check_spf_sender(source, domain, ip) for ip in own)))
     return report
 
 

@@ -272,3 +272,164 @@ async def check_spf(source: Source, domain: str) -> CheckResult:
             records=evidence,
         )
     return CheckResult("spf", Status.PASS, domain, f"'{spfs[0]}' ({count.lookups}/{LOOKUP_LIMIT} lookups)", records=evidence)
+
+
+@dataclass
+class _Eval:
+    lookups: int = 0
+    matched: str = ""
+    notes: list[str] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+class _TempError(Exception):
+    pass
+
+
+class _PermError(Exception):
+    pass
+
+
+async def _addresses(source: Source, name: str, state: _Eval) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    out = []
+    for rdtype in ("A", "AAAA"):
+        answer = await source.query(name, rdtype)
+        state.evidence.append(answer.evidence())
+        if answer.error:
+            raise _TempError(answer.error)
+        out += [ipaddress.ip_address(rd.address) for rd in answer.records]
+    return out
+
+
+def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, address, term: Term) -> bool:  # type: ignore[no-untyped-def]
+    if ip.version != address.version:
+        return False
+    m = _MECH_RE.match(term.text)
+    cidr = (m.group(4) if ip.version == 4 else m.group(5)) if m else None
+    prefix = int(cidr) if cidr else (32 if ip.version == 4 else 128)
+    return ip in ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+
+
+async def _matches(source: Source, domain: str, term: Term, ip, state: _Eval, depth: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether one mechanism matches ``ip`` (RFC 7208 5); ptr and macros are not evaluated (no match, noted)."""
+    if term.name == "all":
+        return True
+    if term.name in ("ip4", "ip6"):
+        network = ipaddress.ip_network(
+            f"{term.value}/{_MECH_RE.match(term.text).group(4) or (32 if term.name == 'ip4' else 128)}", strict=False
+        )  # type: ignore[union-attr]
+        return ip.version == network.version and ip in network
+    target = (term.value or domain).rstrip(".")
+    if "%" in target:
+        state.notes.append(f"'{term.text}' uses macros and was not evaluated")
+        return False
+    state.lookups += 1
+    if state.lookups > LOOKUP_LIMIT:
+        raise _PermError(f"more than {LOOKUP_LIMIT} DNS-querying terms")
+    if term.name == "ptr":
+        state.notes.append(f"'{term.text}' (deprecated, RFC 7208 5.5) was not evaluated")
+        return False
+    if term.name == "a":
+        return any(_in(ip, a, term) for a in await _addresses(source, target + ".", state))
+    if term.name == "exists":
+        answer = await source.query(target + ".", "A")
+        state.evidence.append(answer.evidence())
+        if answer.error:
+            raise _TempError(answer.error)
+        return bool(answer.records)
+    if term.name == "mx":
+        answer = await source.query(target + ".", "MX")
+        state.evidence.append(answer.evidence())
+        if answer.error:
+            raise _TempError(answer.error)
+        for rd in answer.records[:10]:
+            if rd.exchange.to_text() != "." and any(_in(ip, a, term) for a in await _addresses(source, rd.exchange.to_text(), state)):
+                return True
+        return False
+    if term.name == "include":
+        result = await _evaluate(source, target, ip, state, depth + 1)
+        if result in ("temperror",):
+            raise _TempError(f"include:{target} gave temperror")
+        if result in ("permerror", "none"):
+            raise _PermError(f"include:{target} gave {result}")
+        return result == "pass"
+    return False
+
+
+async def _evaluate(source: Source, domain: str, ip, state: _Eval, depth: int = 0) -> str:  # type: ignore[no-untyped-def]
+    """A reduced check_host() (RFC 7208 4): pass, fail, softfail, neutral, none, permerror or temperror."""
+    if depth > MAX_DEPTH:
+        raise _PermError("includes nest too deep")
+    answer, spfs = await _fetch(source, domain + ".")
+    state.evidence.append(answer.evidence())
+    if answer.error:
+        raise _TempError(answer.error)
+    if not spfs:
+        return "none"
+    record = parse_spf(spfs[0])
+    if len(spfs) > 1 or record.errors:
+        raise _PermError(f"the SPF record of {domain} is invalid")
+    for term in record.terms:
+        if term.modifier:
+            continue
+        if await _matches(source, domain, term, ip, state, depth):
+            state.matched = state.matched or f"{term.text} in {domain}"
+            return {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}[term.qualifier]
+    redirect = next((t for t in record.terms if t.name == "redirect"), None)
+    if redirect is not None and not any(t.name == "all" for t in record.terms):
+        state.lookups += 1
+        result = await _evaluate(source, redirect.value.rstrip("."), ip, state, depth + 1)
+        if result == "none":
+            raise _PermError(f"redirect={redirect.value} has no SPF record")
+        return result
+    return "neutral"
+
+
+async def check_spf_sender(source: Source, domain: str, address: str) -> CheckResult:
+    """``spf.sender``: does the domain's SPF record authorise ``address`` (the provisioned host) to send?"""
+    ip = ipaddress.ip_address(address)
+    state = _Eval()
+    domain = domain.rstrip(".").lower()
+    try:
+        result = await _evaluate(source, domain, ip, state)
+    except _TempError as exc:
+        return CheckResult(
+            "spf.sender",
+            Status.ERROR,
+            address,
+            f"could not evaluate SPF: {exc}",
+            fix="check the resolver, then run again",
+            records=state.evidence,
+        )
+    except _PermError as exc:
+        return CheckResult(
+            "spf.sender",
+            Status.FAIL,
+            address,
+            f"SPF permerror for {domain}: {exc}",
+            fix="correct the SPF record (see the spf check)",
+            records=state.evidence,
+        )
+    notes = f" ({'; '.join(state.notes)})" if state.notes else ""
+    term = "ip4" if ip.version == 4 else "ip6"
+    if result == "pass":
+        return CheckResult(
+            "spf.sender", Status.PASS, address, f"SPF of {domain} authorises {ip} ('{state.matched}')", records=state.evidence
+        )
+    if result in ("fail", "softfail"):
+        return CheckResult(
+            "spf.sender",
+            Status.FAIL,
+            address,
+            f"SPF of {domain} gives {result} for {ip} ('{state.matched}'): its mail fails SPF{notes}",
+            fix=f"add '{term}:{ip}' before the 'all' of {domain}'s SPF record (or 'mx' if the host is the MX)",
+            records=state.evidence,
+        )
+    return CheckResult(
+        "spf.sender",
+        Status.WARN,
+        address,
+        f"SPF of {domain} gives {result} for {ip}: receivers cannot tell it is authorised{notes}",
+        fix=f"publish an SPF record naming the host, e.g. 'v=spf1 mx {term}:{ip} -all'",
+        records=state.evidence,
+    )

@@ -123,9 +123,21 @@ def test_domains_from_file(knot, tmp_path: Path) -> None:
 def test_bundled_demo_zones_pass_offline() -> None:
     files = sorted(str(p) for p in EXAMPLES.glob("*.zone"))
     # As the shell expands `--zone examples/zones/*.zone alpha.test beta.test`.
-    result = cli("--zone", files[0], *files[1:], "--host", "mail.alpha.test", "--ip", "127.0.6.10", "alpha.test", "beta.test")
+    result = cli("--zone", files[0], *files[1:], "alpha.test", "beta.test")
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.stdout and "ERROR" not in result.stdout
+    for domain, host, ip in (("alpha.test", "mail.alpha.test", "127.0.6.10"), ("beta.test", "mail.beta.test", "127.0.6.20")):
+        result = cli("--zone", files[0], *files[1:], "--host", host, "--ip", ip, "--format", "json", domain)
+        assert result.exit_code == 0, result.output
+        checks = json.loads(result.stdout)["domains"][0]["checks"]
+        assert {(c["id"], c["status"]) for c in checks if c["subject"] == ip} == {
+            ("ptr", "pass"),
+            ("fcrdns", "pass"),
+            ("spf.sender", "pass"),
+        }
+    # mail.alpha.test is not allowed to send for beta.test.
+    result = cli("--zone", files[0], *files[1:], "--host", "mail.alpha.test", "--ip", "127.0.6.10", "beta.test")
+    assert result.exit_code == 1 and "FAIL  spf.sender" in result.stdout
 
 
 def test_zone_mode_without_the_reverse_zone_is_incomplete() -> None:

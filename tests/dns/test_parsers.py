@@ -14,7 +14,7 @@ from mailprov.dns.dmarc import is_dmarc, parse_dmarc
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
 from mailprov.dns.mta_sts import parse_mta_sts, parse_tls_rpt
 from mailprov.dns.report import render_junit, render_table
-from mailprov.dns.spf import check_spf, is_spf, parse_spf
+from mailprov.dns.spf import check_spf, check_spf_sender, is_spf, parse_spf
 from mailprov.dns.tags import parse_tags
 from mailprov.dns.zonefile import ZoneSet, ZoneSource
 from tests.dns.zones import KEY_512, public_key
@@ -176,3 +176,39 @@ def test_renderers() -> None:
     assert "\x1b[" not in render_table(report, colour=False)
     assert "<failure" not in render_junit(report) and "<failure" in render_junit(report, strict=True)
     assert "<skipped" in render_junit(report)
+
+
+SENDER_ZONE = """
+@ 300 IN SOA ns hostmaster 1 3600 600 86400 60
+@ 300 IN MX 10 mx
+mx 300 IN A 192.0.2.10
+mx 300 IN AAAA 2001:db8::10
+@ 300 IN TXT "v=spf1 mx a:web.u.test/28 include:inc.u.test ~all"
+web 300 IN A 192.0.2.100
+inc 300 IN TXT "v=spf1 ip4:198.51.100.0/24 ip6:2001:db8:1::/48 -all"
+redir 300 IN TXT "v=spf1 redirect=u.test"
+badredir 300 IN TXT "v=spf1 redirect=nothing.u.test"
+macro 300 IN TXT "v=spf1 exists:%{i}.bl.u.test ?all"
+neutral 300 IN TXT "v=spf1 ip4:192.0.2.1"
+"""
+
+
+@pytest.mark.parametrize(
+    ("domain", "address", "status", "words"),
+    [
+        ("u.test", "192.0.2.10", Status.PASS, "'mx in u.test'"),
+        ("u.test", "2001:db8::10", Status.PASS, "'mx in u.test'"),
+        ("u.test", "192.0.2.107", Status.PASS, "'a:web.u.test/28 in u.test'"),
+        ("u.test", "198.51.100.7", Status.PASS, "'ip4:198.51.100.0/24 in inc.u.test'"),
+        ("u.test", "2001:db8:1::5", Status.PASS, "inc.u.test"),
+        ("u.test", "203.0.113.1", Status.FAIL, "softfail"),
+        ("redir.u.test", "192.0.2.10", Status.PASS, "'mx in u.test'"),
+        ("badredir.u.test", "192.0.2.10", Status.FAIL, "permerror"),
+        ("macro.u.test", "192.0.2.10", Status.WARN, "macros"),
+        ("neutral.u.test", "192.0.2.10", Status.WARN, "neutral"),
+        ("mx.u.test", "192.0.2.10", Status.WARN, "none"),
+    ],
+)
+def test_spf_sender_evaluation(domain: str, address: str, status: Status, words: str) -> None:
+    result = asyncio.run(check_spf_sender(_source(SENDER_ZONE), domain, address))
+    assert result.status == status and words in result.summary, result.summary
