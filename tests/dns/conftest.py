@@ -13,8 +13,7 @@ from tests.dns import zones as tz
 from tests.peers.knot import KnotServer
 
 KNOT_ADDRESS = "127.0.2.1"
-KNOT_PORT = 5300
-BLACKHOLE = ("127.0.2.3", 5303)
+BLACKHOLE_ADDRESS = "127.0.2.3"
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +24,16 @@ def test_zones() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def knot(tmp_path_factory: pytest.TempPathFactory, test_zones: dict[str, str]) -> Iterator[KnotServer]:
-    """Knot serving the test zones on 127.0.2.1:5300."""
+    """Knot serving the test zones on 127.0.2.1 (a free port: ``knot.port``)."""
     require_programs("knotd")
-    with KnotServer(tmp_path_factory.mktemp("knot"), KNOT_ADDRESS, KNOT_PORT, test_zones) as ns:
+    with KnotServer(tmp_path_factory.mktemp("knot"), KNOT_ADDRESS, 0, test_zones) as ns:
         yield ns
+
+
+@pytest.fixture(scope="session")
+def resolver(knot: KnotServer) -> str:
+    """The Knot fixture as a --resolver argument."""
+    return f"{knot.address}:{knot.port}"
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +52,8 @@ def zone_files(tmp_path_factory: pytest.TempPathFactory, test_zones: dict[str, s
 def blackhole() -> Iterator[tuple[str, int]]:
     """A 'resolver' that never answers: a bound UDP socket nobody reads."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(BLACKHOLE)
+    sock.bind((BLACKHOLE_ADDRESS, 0))
     try:
-        yield BLACKHOLE
+        yield sock.getsockname()
     finally:
         sock.close()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mailprov.cli import app
 from tests.conftest import require_programs
-from tests.peers.knot import KnotServer
+from tests.peers.knot import KnotServer, free_port
 
 pytestmark = pytest.mark.peers
 
@@ -41,25 +41,25 @@ def servers(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     require_programs("knotd")
     base = tmp_path_factory.mktemp("auth")
     with (
-        KnotServer(base / "resolver", "127.0.2.4", 5306, {"fresh.test": STALE, "2.0.192.in-addr.arpa": REVERSE}),
-        KnotServer(base / "source", "127.0.2.5", 5307, {"fresh.test": FRESH}),
+        KnotServer(base / "resolver", "127.0.2.4", 0, {"fresh.test": STALE, "2.0.192.in-addr.arpa": REVERSE}) as cache,
+        KnotServer(base / "source", "127.0.2.5", 0, {"fresh.test": FRESH}) as source,
     ):
-        yield
+        yield f"127.0.2.4:{cache.port}", source.port
 
 
-def check(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, ["check", "--resolver", "127.0.2.4:5306", "--format", "json", *args, "fresh.test"])
+def check(servers, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["check", "--resolver", servers[0], "--format", "json", *args, "fresh.test"])
 
 
 def test_without_authoritative_the_missing_mx_fails(servers) -> None:
-    result = check()
+    result = check(servers)
     assert result.exit_code == 1
     mx = next(c for c in json.loads(result.stdout)["domains"][0]["checks"] if c["id"] == "mx")
     assert mx["status"] == "fail"
 
 
 def test_authoritative_reports_published_not_yet_propagated(servers) -> None:
-    result = check("--authoritative", "--ns-port", "5307")
+    result = check(servers, "--authoritative", "--ns-port", str(servers[1]))
     assert result.exit_code == 0, result.output
     checks = json.loads(result.stdout)["domains"][0]["checks"]
     mx = next(c for c in checks if c["id"] == "mx")
@@ -67,17 +67,18 @@ def test_authoritative_reports_published_not_yet_propagated(servers) -> None:
     assert mx["summary"].startswith("published, not yet propagated (TTL 120 s)")
     assert "MX: 10 mx.fresh.test." in mx["summary"]
     servers_asked = {r["server"] for r in mx["records"]}
-    assert servers_asked == {"127.0.2.4:5306", "127.0.2.5:5307"}
+    assert servers_asked == {servers[0], f"127.0.2.5:{servers[1]}"}
     auth = next(c for c in checks if c["id"] == "authoritative")
-    assert auth["status"] == "pass" and "127.0.2.5:5307" in auth["summary"]
+    assert auth["status"] == "pass" and f"127.0.2.5:{servers[1]}" in auth["summary"]
     # What the resolvers already see correctly stays a plain pass.
     assert next(c for c in checks if c["id"] == "spf")["status"] == "pass"
 
 
 def test_authoritative_with_unreachable_name_server_is_incomplete(servers) -> None:
-    result = check("--authoritative", "--ns-port", "5399", "--timeout", "0.3")
+    silent = free_port("127.0.2.5")  # nothing listens there
+    result = check(servers, "--authoritative", "--ns-port", str(silent), "--timeout", "0.3")
     assert result.exit_code == 1  # the resolvers' view still fails the MX: a definite failure outranks the error
     checks = json.loads(result.stdout)["domains"][0]["checks"]
     assert next(c for c in checks if c["id"] == "mx")["status"] == "fail"
     auth = next(c for c in checks if c["id"] == "authoritative")
-    assert auth["status"] == "error" and "127.0.2.5:5399" in auth["summary"]
+    assert auth["status"] == "error" and f"127.0.2.5:{silent}" in auth["summary"]

@@ -10,7 +10,6 @@ import pytest
 from mailprov.dns.checker import CheckOptions, check_domains
 from mailprov.dns.model import DomainReport, Report, Status
 from tests.dns import zones as tz
-from tests.dns.conftest import KNOT_ADDRESS, KNOT_PORT
 from tests.peers.knot import KnotServer
 
 pytestmark = pytest.mark.peers
@@ -28,10 +27,11 @@ def reports(knot: KnotServer, zone_files: list[Path]) -> dict[str, dict[str, Dom
     out = {}
     for mode in MODES:
         if mode == "network":
-            options = CheckOptions(resolvers=[(KNOT_ADDRESS, KNOT_PORT)], dkim_selector=tz.SELECTOR, timeout=2)
+            options = CheckOptions(resolvers=[(knot.address, knot.port)], dkim_selector=tz.SELECTOR, timeout=2)
         else:
             options = CheckOptions(zone_files=zone_files, dkim_selector=tz.SELECTOR)
         out[mode] = {d.domain: d for d in run(options, domains).domains}
+    out["knot"] = knot
     return out
 
 
@@ -63,9 +63,10 @@ def test_case(reports, mode: str, label: str) -> None:
 
 def test_nxdomain_stops_the_other_checks(reports) -> None:
     report = reports["network"][tz.domain("missing")]
+    knot = reports["knot"]
     assert [c.id for c in report.checks] == ["domain.exists"]
     assert report.checks[0].records[0].rcode == "NXDOMAIN"
-    assert report.checks[0].records[0].server == f"{KNOT_ADDRESS}:{KNOT_PORT}"
+    assert report.checks[0].records[0].server == f"{knot.address}:{knot.port}"
 
 
 def test_spf_counts_lookups_through_includes(reports) -> None:
@@ -79,7 +80,7 @@ def test_null_mx_explains_rfc7505(reports) -> None:
 
 
 def test_host_and_ip_options(knot: KnotServer) -> None:
-    base = {"resolvers": [(KNOT_ADDRESS, KNOT_PORT)], "timeout": 2}
+    base = {"resolvers": [(knot.address, knot.port)], "timeout": 2}
     good = run(CheckOptions(host="mx.good.zz.test", ips=["192.0.2.10", "2001:db8::10"], **base), [tz.domain("good")])
     host = next(c for c in good.domains[0].checks if c.id == "host.address")
     assert host.status == Status.PASS
@@ -101,10 +102,10 @@ def test_unanswered_queries_are_errors_naming_server_and_query(blackhole) -> Non
     report = run(CheckOptions(resolvers=[blackhole], timeout=0.3), [tz.domain("good")])
     result = report.domains[0].checks[0]
     assert result.status == Status.ERROR
-    assert "127.0.2.3:5303" in result.summary and "good.zz.test. MX" in result.summary
+    assert f"127.0.2.3:{blackhole[1]}" in result.summary and "good.zz.test. MX" in result.summary
     assert report.exit_code() == 3
 
 
 def test_second_resolver_is_asked_when_the_first_is_silent(knot: KnotServer, blackhole) -> None:
-    report = run(CheckOptions(resolvers=[blackhole, (KNOT_ADDRESS, KNOT_PORT)], timeout=0.3), [tz.domain("good")])
+    report = run(CheckOptions(resolvers=[blackhole, (knot.address, knot.port)], timeout=0.3), [tz.domain("good")])
     assert report.domains[0].checks[0].status == Status.PASS

@@ -76,8 +76,8 @@ def test_published_plan_passes_check(tmp_path: Path) -> None:
     reverse4 = HEAD + "".join(f"{p['name']} {p['ttl']} IN PTR {p['value']}\n" for p in data["ptr"] if p["name"].endswith("in-addr.arpa."))
     reverse6 = HEAD + "".join(f"{p['name']} {p['ttl']} IN PTR {p['value']}\n" for p in data["ptr"] if p["name"].endswith("ip6.arpa."))
     zones = {"plan.test": forward, "2.0.192.in-addr.arpa": reverse4, "8.b.d.0.1.0.0.2.ip6.arpa": reverse6}
-    with KnotServer(tmp_path / "knot", "127.0.2.9", 5305, zones):
-        args = ["--resolver", "127.0.2.9:5305", "--host", "mail.plan.test", "--ip", "192.0.2.60", "--ip", "2001:db8::60"]
+    with KnotServer(tmp_path / "knot", "127.0.2.9", 0, zones) as ns:
+        args = ["--resolver", f"127.0.2.9:{ns.port}", "--host", "mail.plan.test", "--ip", "192.0.2.60", "--ip", "2001:db8::60"]
         result = CliRunner().invoke(app, ["check", *args, "--dkim-selector", "s1", "--strict", "--format", "json", "plan.test"])
     assert result.exit_code == 0, result.output
     checks = json.loads(result.stdout)["domains"][0]["checks"]

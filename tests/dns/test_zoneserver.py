@@ -19,6 +19,7 @@ import pytest
 
 from mailprov.dns.zoneserver import serve_zones
 from tests.conftest import require_programs
+from tests.peers.knot import free_port
 
 ADDRESS = "127.0.2.8"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "zones"
@@ -140,7 +141,7 @@ def test_checker_passes_against_the_zone_server(server: int) -> None:
 
 
 def test_serve_zones_cli_runs_in_the_foreground_and_stops_on_sigterm() -> None:
-    port = 5304
+    port = free_port(ADDRESS)
     proc = subprocess.Popen(
         [MAILPROV, "dns", "serve-zones", "--listen", f"{ADDRESS}:{port}", *map(str, sorted(EXAMPLES.glob("*.zone")))],
         stderr=subprocess.PIPE,

@@ -1,4 +1,6 @@
-"""A private Knot DNS authoritative server for tests: ``with KnotServer(workdir, "127.0.2.1", 5300, zones) as ns:``.
+"""A private Knot DNS authoritative server for tests: ``with KnotServer(workdir, "127.0.2.1", 0, zones) as ns:``.
+
+Port 0 picks a free port (read it from ``ns.port``), so two runs of the same tests do not clash.
 
 ``zones`` maps a zone name to its zone-file text (``$ORIGIN`` is optional: Knot loads each file as the
 zone named by its key). On entry the server starts in the foreground as a child process with a generated
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +29,21 @@ START_ATTEMPTS = 100  # x 0.1 s
 STOP_TIMEOUT = 5.0
 
 
+def free_port(address: str) -> int:
+    """A port free for both TCP and UDP on ``address`` right now (the kernel picks it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((address, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(tcp.family, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((address, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port on {address}")
+
+
 def knotd_path() -> str:
     """The knotd binary (in /usr/sbin on Debian)."""
     return shutil.which("knotd") or "/usr/sbin/knotd"
@@ -37,7 +55,7 @@ class KnotServer:
     def __init__(self, workdir: Path, address: str, port: int, zones: dict[str, str]) -> None:
         self.workdir = Path(workdir)
         self.address = address
-        self.port = port
+        self.port = port or free_port(address)  # 0: pick a free port (see ns.port)
         self.zones = {name.rstrip(".").lower() or ".": text for name, text in zones.items()}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "knotd.log"
