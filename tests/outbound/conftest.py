@@ -7,6 +7,8 @@ Everything listens on 127.0.5.0/24 (this area's private range): Knot on 127.0.5.
 from __future__ import annotations
 
 import base64
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,17 @@ def out_config(make_config, tmp_path: Path):
     return build
 
 
+def world_readable_dir(prefix: str) -> Path:
+    """A temporary directory outside pytest's (mode 0700) tree, so that Postfix and the test servers,
+    which run as other users, can reach what is inside."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA(tmp_path_factory.mktemp("ca"))
+def test_ca():
+    """A test CA; its ``ca_file`` is readable by every user."""
+    directory = world_readable_dir("mailprov-out-ca-")
+    yield TestCA(directory)
+    shutil.rmtree(directory, ignore_errors=True)
