@@ -55,6 +55,12 @@ class CheckOptions:
 def normalize_name(value: str, what: str = "domain") -> str:
     """A lower-case name without the trailing dot, or a UsageError naming the bad value."""
     name = value.strip().rstrip(".").lower()
+    if not name.isascii():
+        # An internationalised name is checked in its A-label (punycode) form, as DNS stores it.
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UsageError(f"{what} {value!r} is not a valid internationalised domain name", fix="check the spelling") from None
     if not _NAME_RE.match(name):
         raise UsageError(f"{what} {value!r} is not a valid domain name", fix="use letters, digits, hyphens and dots, e.g. example.org")
     return name

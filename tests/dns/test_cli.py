@@ -143,3 +143,36 @@ def test_zone_mode_without_the_reverse_zone_is_incomplete() -> None:
     result = cli("--zone", str(EXAMPLES / "alpha.test.zone"), "alpha.test")
     assert result.exit_code == 3
     assert "in none of the zone files" in result.stdout
+
+
+def test_closed_port_resolver_exits_3() -> None:
+    from tests.peers.knot import free_port
+
+    closed = f"127.0.2.3:{free_port('127.0.2.3')}"  # nothing listens: the kernel answers port unreachable
+    result = cli("--resolver", closed, "--timeout", "2", tz.domain("good"))
+    assert result.exit_code == 3, result.output
+    assert closed in result.stdout
+
+
+def test_zone_files_first_then_resolver(resolver: str, tmp_path: Path) -> None:
+    # The forward zone comes from a file; the reverse zones (not given) from Knot.
+    override = tmp_path / "zz.test.zone"
+    from tests.dns.zones import forward_zone
+
+    override.write_text(forward_zone().replace('"v=spf1 mx +all"', '"v=spf1 mx -all"'))
+    result = cli("--zone", str(override), "--resolver", resolver, "--format", "json", tz.domain("spfall"))
+    assert result.exit_code == 0, result.output
+    servers = {r["server"] for c in json.loads(result.stdout)["domains"][0]["checks"] for r in c["records"]}
+    assert f"zone file {override}" in servers and resolver in servers
+
+
+def test_verbose_table_shows_evidence(resolver: str) -> None:
+    result = cli("--resolver", resolver, "-v", tz.domain("good"))
+    assert f"? good.zz.test. MX @ {resolver}: NOERROR ttl=300" in result.stdout
+    assert "good.zz.test. 300 IN MX 10 mx.good.zz.test." in result.stdout
+
+
+def test_internationalised_domain_is_asked_as_punycode(blackhole) -> None:
+    result = cli("--resolver", f"127.0.2.3:{blackhole[1]}", "--timeout", "0.2", "--format", "json", "bücher.test")
+    assert result.exit_code == 3
+    assert json.loads(result.stdout)["domains"][0]["domain"] == "xn--bcher-kva.test"
