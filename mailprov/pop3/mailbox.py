@@ -43,6 +43,7 @@ CHUNK = 256 * 1024
 _W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
 _UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 _CACHE_MAGIC = "mailprov-pop3-sizes 1"
+_DOT_LINE = re.compile(rb"\n\.")
 
 
 class MailboxError(Exception):
@@ -86,11 +87,15 @@ def crlf_size(data: bytes, *, final: bool = True) -> int:
 
 
 def _convert(data: bytes, at_line_start: bool) -> bytes:
-    """CRLF-normalize and byte-stuff ``data`` (a run of whole lines, except possibly the last)."""
-    if b"\r\n" in data:
+    """CRLF-normalize and byte-stuff ``data`` (a run of whole lines, except possibly the last).
+
+    Written for speed on the RETR path: single-byte ``find`` is a memchr, and the precompiled regex
+    finds a line-leading dot several times faster than ``bytes.find(b"\\n.")``."""
+    if data.find(b"\r") >= 0:
         data = data.replace(b"\r\n", b"\n")
+    stuff = _DOT_LINE.search(data) is not None
     data = data.replace(b"\n", b"\r\n")
-    if b"\n." in data:
+    if stuff:
         data = data.replace(b"\n.", b"\n..")
     if at_line_start and data[:1] == b".":
         data = b"." + data
@@ -164,17 +169,22 @@ def render_file(path: str, expected: int = 0) -> Iterator[bytes]:
     :data:`CHUNK` is streamed (the iterator owns the descriptor), each piece cut at a line end so CRLF
     pairs and leading dots are never split. Raises FileNotFoundError at once if the file is gone."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    streamed = False
     try:
-        data = os.read(fd, max(expected, 4096) + 1)
+        want = max(expected, 4096) + 1
+        data = os.read(fd, want)
+        if len(data) < want:  # a short read of a regular file is its end: no second read needed
+            return iter((render_bytes(data),))
         while len(data) <= CHUNK:
             more = os.read(fd, CHUNK)
             if not more:
                 return iter((render_bytes(data),))
             data += more
-    except BaseException:
-        os.close(fd)
-        raise
-    return _render_stream(fd, data)
+        streamed = True
+        return _render_stream(fd, data)  # the generator closes fd
+    finally:
+        if not streamed:
+            os.close(fd)
 
 
 def _render_stream(fd: int, pending: bytes) -> Iterator[bytes]:
@@ -281,6 +291,7 @@ class Mailbox:
         self.cache_path = state_base.with_name(state_base.name + ".sizes")
         self.lock = MailboxLock(state_base.with_name(state_base.name + ".lock"))
         self.messages: list[Message] = []
+        self._dirs = {"new": os.fspath(maildir / "new"), "cur": os.fspath(maildir / "cur")}
         self._cache: dict[str, int] = {}
         self._cache_dirty = False
 
@@ -368,7 +379,7 @@ class Mailbox:
 
     def path(self, msg: Message) -> str:
         """The current path of ``msg``'s file."""
-        return os.path.join(self.maildir, msg.subdir, msg.name)
+        return f"{self._dirs[msg.subdir]}/{msg.name}"
 
     def relocate(self, msg: Message) -> bool:
         """Find ``msg`` again after another Maildir program renamed it (flags changed, new/ to cur/)."""

@@ -15,15 +15,17 @@ Use an address in your own private loopback range; ports are picked free on that
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
+import json
+import logging
 import os
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +133,45 @@ class POP3Thread:
 
 
 class POP3Process:
-    """``mailprov serve pop3 -c CONFIG`` as a child process (for crash and restart tests)."""
+    """The POP3 service in a child process (``python -m tests.peers.pop3_server CONFIG.json``): for crash
+    and restart tests and for benchmarks, where a server sharing the client's interpreter would share
+    its GIL. It runs as the invoking user: unlike ``mailprov serve``, it never drops privileges."""
 
-    def __init__(self, config_path: Path, host: str, port: int) -> None:
-        self.config_path = config_path
-        self.host, self.port = host, port
+    def __init__(self, config: Config) -> None:
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config_file = Path(config.paths.state_dir).parent / "pop3-process-config.json"
+
+    @property
+    def plain(self) -> tuple[str, int]:
+        """(host, port) of the first plain (STLS) listener."""
+        return _hostport(self.config.pop3.listen[0])
+
+    @property
+    def tls(self) -> tuple[str, int]:
+        """(host, port) of the first implicit-TLS listener."""
+        return _hostport(self.config.pop3.tls_listen[0])
 
     def start(self, timeout: float = 30) -> POP3Process:
-        """Start it and wait (bounded) until the plain port accepts connections."""
+        """Start it and wait (bounded) until it says it is ready."""
+        data = dataclasses.asdict(self.config)
+        data.pop("source", None)
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(json.dumps(data))
+        root = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mailprov")), "serve", "pop3", "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            [sys.executable, "-m", "tests.peers.pop3_server", str(self.config_file)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=None,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mailprov serve pop3 exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("mailprov serve pop3 did not start listening")
+        assert self.proc.stdout is not None
+        ready = select.select([self.proc.stdout], [], [], timeout)[0]
+        line = self.proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            self.stop()
+            raise RuntimeError(f"POP3 service process did not start (said {line!r})")
+        return self
 
     def kill(self) -> None:
         """SIGKILL: a crash, no clean shutdown."""
@@ -169,11 +187,34 @@ class POP3Process:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
 
     def __enter__(self) -> POP3Process:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _serve_forever(config_file: str) -> None:
+    from mailprov.config import from_dict
+
+    config = from_dict(json.loads(Path(config_file).read_text()))
+    logging.basicConfig(level=logging.WARNING, format="pop3-test-server: %(levelname)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        service = POP3Service(config)
+        await service.start()
+        print("ready", flush=True)
+        await stop.wait()
+        await service.stop()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _serve_forever(sys.argv[1])

@@ -1,0 +1,204 @@
+"""Benchmark: retrieve and delete N messages over POP3, mailprov against Dovecot on the same machine.
+
+Scenarios (defaults: 5,000 messages of 4 KiB):
+  * one session: one user with all N messages;
+  * ten sessions at once: ten users with N/10 messages each.
+Each runs twice: "fresh" (the first session ever over just-delivered mail: sizes and indexes are
+built then) and "warm" (a previous session listed and read every message, nothing deleted).
+
+Both servers read the same kind of Maildir, check the same argon2id hash, serve plaintext on
+loopback (127.0.4.0/24) and are driven by the same poplib client: RETR n, DELE n for every message,
+then QUIT (which is when the deletions happen, so QUIT is timed). Each server runs in its own
+processes; clients run as threads of this script.
+
+Figures: messages per second over the whole run (connect, login, RETR+DELE, QUIT) and over the
+retrieval alone (first STAT to the QUIT reply, login excluded: argon2id costs ~0.1-0.3 s per login).
+
+Usage: python bench/pop3_retrieve.py [--messages 5000] [--size 4096] [--sessions 10] [--no-dovecot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import poplib
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mailprov.config import from_dict  # noqa: E402
+from mailprov.users import hash_password  # noqa: E402
+from tests.peers.dovecot import DovecotPOP3  # noqa: E402
+from tests.peers.pop3_server import POP3Process, free_port  # noqa: E402
+
+HOST = "127.0.4.240"
+PASSWORD = "bench-password"
+
+
+def make_message(number: int, size: int) -> bytes:
+    """A message of exactly ``size`` bytes with LF line endings, as an MDA stores it."""
+    head = f"From: alex@alpha.test\nTo: john@beta.test\nSubject: bench {number}\nMessage-ID: <{number}.bench@alpha.test>\n\n"
+    data = head.encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n"
+    while len(data) < size:
+        data += line
+    return data[: size - 1] + b"\n"
+
+
+def deliver(maildir: Path, count: int, size: int, tag: str) -> None:
+    """Write ``count`` messages tmp -> new, as an MDA does (without fsync: the benchmark is not about disks)."""
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    stamp = int(time.time())
+    for i in range(count):
+        name = f"{stamp}.M{i}P{os.getpid()}Q{tag}.bench"
+        tmp = maildir / "tmp" / name
+        tmp.write_bytes(make_message(i, size))
+        os.rename(tmp, maildir / "new" / name)
+
+
+def session(host: str, port: int, user: str, *, delete: bool, out: list[tuple[float, float, int]]) -> None:
+    """One poplib session: RETR (and DELE) every message, then QUIT. Appends (total s, retrieval s, count)."""
+    start = time.perf_counter()
+    client = poplib.POP3(host, port, timeout=120)
+    client.user(user)
+    client.pass_(PASSWORD)
+    logged_in = time.perf_counter()
+    count, _ = client.stat()
+    if not delete:
+        client.list()
+    got = 0
+    for number in range(1, count + 1):
+        _, lines, _ = client.retr(number)
+        got += 1 if lines else 0
+        if delete:
+            client.dele(number)
+    client.quit()
+    end = time.perf_counter()
+    out.append((end - start, end - logged_in, got))
+
+
+def run_sessions(host: str, port: int, users: list[str], *, delete: bool) -> tuple[float, float, int]:
+    """All sessions at once, one thread each. Returns (wall s, slowest retrieval s, messages)."""
+    results: list[tuple[float, float, int]] = []
+    threads = [threading.Thread(target=session, args=(host, port, u), kwargs={"delete": delete, "out": results}) for u in users]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    wall = time.perf_counter() - start
+    if len(results) != len(users):
+        raise RuntimeError("a session failed (see the traceback above)")
+    return wall, max(r[1] for r in results), sum(r[2] for r in results)
+
+
+def scenario(
+    name: str, host: str, port: int, users: list[str], maildir: Callable[[str], Path], per_user: int, size: int, prepare: Callable[[], None]
+) -> dict[str, tuple[float, float]]:
+    """Fresh and warm runs of one scenario; returns {"fresh"/"warm": (msg/s whole, msg/s retrieval)}."""
+    figures = {}
+    for kind in ("fresh", "warm"):
+        for user in users:
+            deliver(maildir(user), per_user, size, f"{kind}{user.split('@')[0]}")
+        prepare()
+        if kind == "warm":
+            run_sessions(host, port, users, delete=False)
+        wall, retrieval, got = run_sessions(host, port, users, delete=True)
+        expected = per_user * len(users)
+        left = sum(len(os.listdir(maildir(u) / "new")) + len(os.listdir(maildir(u) / "cur")) for u in users)
+        if got != expected or left:
+            raise RuntimeError(f"{name} {kind}: retrieved {got} of {expected}, {left} left in the Maildirs")
+        figures[kind] = (got / wall, got / retrieval)
+    return figures
+
+
+def bench_mailprov(tmp: Path, users_one: list[str], users_many: list[str], hashed: str, args: argparse.Namespace) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    users_file = tmp / "users"
+    users_file.write_text("".join(f"{u}:{hashed}\n" for u in users_one + users_many))
+    port = free_port(HOST)
+    config = from_dict(
+        {
+            "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning"},
+            "paths": {
+                "mail_dir": str(tmp / "mail"),
+                "state_dir": str(tmp / "state"),
+                "queue_dir": str(tmp / "queue"),
+                "users_file": str(users_file),
+            },
+            "pop3": {
+                "listen": [f"{HOST}:{port}"],
+                "tls_listen": [f"{HOST}:{free_port(HOST)}"],
+                "plaintext_networks": ["127.0.0.0/8"],
+                "max_connections_per_client": 50,
+            },
+        }
+    )
+    from mailprov.maildir import maildir_path
+
+    results = {}
+    with POP3Process(config):
+        for label, users, per_user in (("1 session", users_one, args.messages), (f"{args.sessions} sessions", users_many, args.per_user)):
+            results[label] = scenario(
+                label, HOST, port, users, lambda u: maildir_path(config.paths.mail_dir, u), per_user, args.size, lambda: None
+            )
+    return results
+
+
+def bench_dovecot(tmp: Path, users_one: list[str], users_many: list[str], hashed: str, args: argparse.Namespace) -> dict:
+    port = free_port(HOST)
+    dovecot = DovecotPOP3(tmp, HOST, port, {u: hashed for u in users_one + users_many})
+    results = {}
+    with dovecot:
+        try:
+            for label, users, per_user in (
+                ("1 session", users_one, args.messages),
+                (f"{args.sessions} sessions", users_many, args.per_user),
+            ):
+                results[label] = scenario(label, HOST, port, users, dovecot.maildir, per_user, args.size, dovecot.own)
+        except Exception:
+            print("dovecot log (tail):\n" + "".join((tmp / "dovecot.log").read_text().splitlines(True)[-15:]), file=sys.stderr)
+            raise
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=5000, help="messages in all (default 5000)")
+    parser.add_argument("--size", type=int, default=4096, help="bytes per message (default 4096)")
+    parser.add_argument("--sessions", type=int, default=10, help="concurrent sessions/users in the second scenario (default 10)")
+    parser.add_argument("--no-dovecot", action="store_true", help="skip Dovecot even when installed")
+    args = parser.parse_args()
+    args.per_user = args.messages // args.sessions
+    hashed = hash_password(PASSWORD)
+    users_one = ["solo@bench.test"]
+    users_many = [f"u{i}@bench.test" for i in range(args.sessions)]
+
+    with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp:
+        ours = bench_mailprov(Path(tmp) / "mailprov", users_one, users_many, hashed, args)
+        theirs = None
+        if not args.no_dovecot and DovecotPOP3.available():
+            theirs = bench_dovecot(Path(tmp) / "dovecot", users_one, users_many, hashed, args)
+        elif not args.no_dovecot:
+            print("dovecot is not installed: mailprov figures only")
+
+    print(f"POP3 RETR+DELE of {args.messages} messages of {args.size} bytes; messages per second (whole run / retrieval only)")
+    print(f"{'scenario':<22} {'mailprov':>17} {'dovecot':>17} {'ratio':>13}")
+    for label, runs in ours.items():
+        for kind, (whole, retr) in runs.items():
+            row = f"{label + ', ' + kind:<22} {whole:>7.0f} / {retr:>7.0f}"
+            if theirs:
+                d_whole, d_retr = theirs[label][kind]
+                row += f" {d_whole:>7.0f} / {d_retr:>7.0f} {whole / d_whole:>5.2f} / {retr / d_retr:>5.2f}"
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""A private Dovecot POP3 instance for tests and benchmarks (``dovecot -c FILE``, ``doveadm -c FILE stop``).
+
+Users come from a passwd-file with PLAIN passwords; mail lives in ``ROOT/mail/DOMAIN/LOCAL`` (Maildir),
+the same layout as mailprov's ``paths.mail_dir``, so both servers can be pointed at alike mailboxes.
+Plaintext login is allowed (loopback only): the benchmark compares the servers without TLS.
+Dovecot refuses to run mail processes as root, so they run as Debian's ``mail`` user and
+:meth:`DovecotPOP3.own` hands the mail tree to it (call it again after adding messages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+MAIL_USER = "mail"
+CONFIG = """\
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = mailprov-test-{port}
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = pop3
+listen = {host}
+ssl = no
+disable_plaintext_auth = no
+first_valid_uid = 1
+auth_mechanisms = plain
+mail_location = maildir:{root}/mail/%d/%n
+pop3_uidl_format = %f
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%d/%n
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = {host}
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+  process_min_avail = 1
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+class DovecotPOP3:
+    """Dovecot serving POP3 on ``host:port`` for ``users`` ({address: password}). A password that is
+    an argon2id PHC string (``$argon2id$...``, as in mailprov's users file) is used as that hash, so
+    both servers can check the same hashes."""
+
+    def __init__(self, root: Path, host: str, port: int, users: dict[str, str]) -> None:
+        self.root = root
+        self.host, self.port = host, port
+        self.users = users
+        self.conf = root / "dovecot.conf"
+        self.mail_dir = root / "mail"
+
+    @staticmethod
+    def available() -> bool:
+        """Whether the dovecot and doveadm programs are installed."""
+        return bool(shutil.which("dovecot") or Path("/usr/sbin/dovecot").exists())
+
+    def maildir(self, address: str) -> Path:
+        """The Maildir Dovecot reads for ``address``."""
+        local, _, domain = address.rpartition("@")
+        return self.mail_dir / domain / local
+
+    def own(self) -> None:
+        """Give the mail tree to the ``mail`` user Dovecot's mail processes run as."""
+        user = pwd.getpwnam(MAIL_USER)
+        for dirpath, _dirnames, filenames in os.walk(self.root / "mail"):
+            os.chown(dirpath, user.pw_uid, user.pw_gid)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), user.pw_uid, user.pw_gid)
+        for sub in ("home",):
+            os.chown(self.root / sub, user.pw_uid, user.pw_gid)
+
+    def start(self, timeout: float = 30) -> DovecotPOP3:
+        """Write the configuration, start Dovecot, wait (bounded) until the port answers."""
+        for sub in ("run", "state", "mail", "home"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Dovecot's auth (dovecot), login (dovenull) and mail (mail) processes must reach files under
+        # root: let others traverse root and its temporary-directory ancestors (mode 0700 by default).
+        os.chmod(self.root, 0o755)
+        tmp = Path(tempfile.gettempdir()).resolve()
+        for parent in self.root.resolve().parents:
+            if parent == tmp or tmp not in parent.parents:
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        user = pwd.getpwnam(MAIL_USER)
+        self.own()
+        (self.root / "passwd").write_text("".join(f"{a}:{_scheme(p)}\n" for a, p in self.users.items()))
+        self.conf.write_text(CONFIG.format(root=self.root, host=self.host, port=self.port, uid=user.pw_uid, gid=user.pw_gid))
+        # Dovecot daemonizes; its children inherit the standard streams, so never capture them with pipes.
+        with open(self.root / "start.log", "wb") as out:
+            done = subprocess.run([_program("dovecot"), "-c", str(self.conf)], stdout=out, stderr=out, timeout=30)
+        if done.returncode:
+            raise RuntimeError(f"dovecot -c {self.conf} failed: {(self.root / 'start.log').read_text()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1) as sock:
+                if sock.recv(100).startswith(b"+OK"):
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"dovecot did not answer on {self.host}:{self.port}; see {self.root}/dovecot.log")
+
+    def stop(self) -> None:
+        """``doveadm -c FILE stop`` (bounded)."""
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(
+                [_program("doveadm"), "-c", str(self.conf), "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30
+            )
+        pid_file = self.root / "run" / "master.pid"
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self) -> DovecotPOP3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _program(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def _scheme(password: str) -> str:
+    return f"{{ARGON2ID}}{password}" if password.startswith("$argon2id$") else f"{{PLAIN}}{password}"
