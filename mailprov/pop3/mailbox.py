@@ -3,8 +3,8 @@
 What POP3 needs from a Maildir, and how it is done here:
 
 * **Listing without loading messages**: one ``os.scandir`` of ``new/`` and ``cur/`` (no per-file
-  ``stat``); messages are numbered in unique-name order, which is delivery order for names that start
-  with a timestamp, as every MDA writes them.
+  ``stat``); messages are numbered in unique-name order with digit runs compared as numbers, which is
+  delivery order for names of the usual ``SECONDS.M<usec>P<pid>Q<n>.host`` form.
 * **Sizes equal to what RETR sends**: POP3 sizes count the message with CRLF line endings (before
   byte-stuffing). That size is the raw file size plus one for every bare LF, so it needs one read of
   the file. It is taken from a ``,W=NNN`` hint in the file name when there is one (Dovecot's
@@ -44,6 +44,7 @@ _W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
 _UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 _CACHE_MAGIC = "mailprov-pop3-sizes 1"
 _DOT_LINE = re.compile(rb"\n\.")
+_DIGITS = re.compile(r"(\d+)")
 
 
 class MailboxError(Exception):
@@ -231,6 +232,15 @@ def file_crlf_size(path: str) -> int:
     return size
 
 
+def _order(name: str) -> list[str | int]:
+    """Sort key for delivery order: digit runs compare as numbers, so ``T.M99P1`` comes before
+    ``T.M100P1`` (MDAs write microseconds and counters without zero padding)."""
+    parts: list[str | int] = list(_DIGITS.split(name.split(":", 1)[0]))
+    for i in range(1, len(parts), 2):
+        parts[i] = int(parts[i])
+    return parts
+
+
 def _flags_with(name: str, flag: str) -> str:
     """``name`` with ``flag`` added to its ``:2,`` info, flags kept sorted as the Maildir spec asks."""
     base, sep, info = name.partition(":")
@@ -347,7 +357,7 @@ class Mailbox:
                     found += [(e.name, subdir) for e in entries if not e.name.startswith(".")]
             except FileNotFoundError:
                 continue  # no mail delivered yet: an empty mailbox
-        found.sort(key=lambda item: item[0].split(":", 1)[0])
+        found.sort(key=lambda item: _order(item[0]))
         messages: list[Message] = []
         seen: set[str] = set()
         for name, subdir in found:
