@@ -3,8 +3,8 @@
 Every line starts with the queue id (``NOQUEUE`` before there is one), then ``key=value`` pairs, then
 the reply or reason in parentheses::
 
-    4F2A19C03B7D01A2: client=alpha.test[127.0.3.2], sasl_username=alex@alpha.test
-    4F2A19C03B7D01A2: from=<alex@alpha.test>, size=1187, nrcpt=1 (queued)
+    4F2A19C03B7D01A2: client=unknown[127.0.3.2], sasl_username=alex@alpha.test, from=<alex@alpha.test>,
+        size=1187, nrcpt=1 (queued)
     4F2A19C03B7D01A2: to=<john@beta.test>, relay=mx.beta.test[127.0.3.9]:25, delay=0.41,
         delays=0.02/0.01/0.12/0.26, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9C1)
     4F2A19C03B7D01A2: removed
@@ -43,9 +43,15 @@ def client_line(queue_id: str, client: str, sasl_username: str = "") -> str:
     return line + (f", sasl_username={_clean(sasl_username)}" if sasl_username else "")
 
 
-def queued_line(queue_id: str, sender: str, size: int, nrcpt: int, where: str = "queued") -> str:
-    """``QID: from=<S>, size=N, nrcpt=N (queued)``: the message is durable."""
-    return f"{queue_id}: from=<{_clean(sender)}>, size={size}, nrcpt={nrcpt} ({where})"
+def queued_line(
+    queue_id: str, sender: str, size: int, nrcpt: int, where: str = "queued", *, client: str = "", sasl_username: str = ""
+) -> str:
+    """``QID: [client=HOST[ADDR], [sasl_username=U, ]]from=<S>, size=N, nrcpt=N (queued)``: the message is
+    durable (one line where Postfix writes two: it is the hot path)."""
+    who = f"client={_clean(client)}, " if client else ""
+    if sasl_username:
+        who += f"sasl_username={_clean(sasl_username)}, "
+    return f"{queue_id}: {who}from=<{_clean(sender)}>, size={size}, nrcpt={nrcpt} ({where})"
 
 
 def delivery_line(

@@ -42,7 +42,7 @@ from mailprov.delivery.base import Courier, Envelope, Outcome, Result
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.dsn import build_dsn
 from mailprov.queue.store import CorruptQueueFile, QueueItem, QueueStore, Recipient, new_queue_id
-from mailprov.users import Directory, split
+from mailprov.users import Directory, Resolution, split
 
 log = logging.getLogger("mailprov.queue")
 
@@ -75,9 +75,9 @@ def load_remote_courier(config: Config) -> Courier:
     return RemoteCourier(config)  # type: ignore[no-any-return,unused-ignore]
 
 
-def targets_for(directory: Directory, address: str) -> list[Recipient]:
+def targets_for(directory: Directory, address: str, resolution: Resolution | None = None) -> list[Recipient]:
     """The delivery targets of one envelope recipient: local mailboxes and remote addresses."""
-    resolution = directory.resolve(address)
+    resolution = resolution or directory.resolve(address)
     out = [Recipient(address=m, original=address, local=True) for m in resolution.mailboxes]
     out += [Recipient(address=r, original=address, local=False) for r in resolution.remote]
     return out
@@ -186,7 +186,9 @@ class QueueRunner:
         await self.io.run(self.store.write_new, item, message)
         await self.io.sync_dir(self.store.dir("incoming"))
         item.queued = item.queued or self.clock()
-        maillog.emit(maillog.queued_line(item.id, item.sender, item.size, len(item.recipients)))
+        maillog.emit(
+            maillog.queued_line(item.id, item.sender, item.size, len(item.recipients), client=item.client, sasl_username=item.auth_user)
+        )
         self.submit(item, message)
 
     def submit(self, item: QueueItem, message: bytes | None) -> None:

@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ STATES = ("incoming", "active", "deferred", "hold", "corrupt")
 # A recipient's status: pending (not tried yet), deferred (tried, temporary failure), sent, bounced.
 FINAL = ("sent", "bounced")
 _counter = itertools.count(secrets.randbelow(4096))
+_random = random.Random(secrets.randbits(64))  # uniqueness, not secrecy: no urandom call per message
 
 
 class CorruptQueueFile(Exception):
@@ -52,7 +54,7 @@ class CorruptQueueFile(Exception):
 def new_queue_id() -> str:
     """A unique, time-ordered id: 13 hex digits of microseconds, 3 of a counter, 2 random (18 in all)."""
     micros = time.time_ns() // 1000
-    return f"{micros:013X}{next(_counter) % 4096:03X}{secrets.randbelow(256):02X}"
+    return f"{micros:013X}{next(_counter) % 4096:03X}{_random.getrandbits(8):02X}"
 
 
 def _valid_id(name: str) -> bool:

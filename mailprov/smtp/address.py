@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 # RFC 5322 atext, plus UTF-8 (RFC 6532) for SMTPUTF8 sessions.
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_ATOM = re.compile(rf"^[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*$")
 _LABEL = re.compile(r"^[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\u0080-\U0010ffff-]{0,61}[A-Za-z0-9\u0080-\U0010ffff])?$")
 _ROUTING = set("%!@:,")

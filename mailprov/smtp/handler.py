@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import errno
 import logging
 import secrets
 import time
@@ -168,7 +169,9 @@ class SMTPHandler:
             return self._reject(server, session, "RCPT", decision.reply(), sender=txn.sender, rcpt=str(rcpt))
         envelope.rcpt_tos.append(str(rcpt))
         envelope.rcpt_options.extend(rcpt_options)
-        targets = targets_for(directory, str(rcpt)) if local else [Recipient(address=str(rcpt), original=str(rcpt), local=False)]
+        targets = (
+            targets_for(directory, str(rcpt), resolution) if local else [Recipient(address=str(rcpt), original=str(rcpt), local=False)]
+        )
         known = {t.address for t in txn.targets}
         txn.targets.extend(t for t in targets if t.address not in known)
         return decision.reply()
@@ -197,7 +200,6 @@ class SMTPHandler:
             client=self._client(server, session),
             auth_user=user or "",
         )
-        maillog.emit(maillog.client_line(qid, item.client, user or ""))
         try:
             if all(r.local for r in item.recipients):
                 delivered = await self._deliver_direct(item, message)
@@ -206,6 +208,8 @@ class SMTPHandler:
             await self.ctx.runner.enqueue(item, message)
         except OSError as exc:
             log.error("%s: cannot store the message: %s", qid, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # RFC 3463 4.3.1: mail system full
+                return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Requested action aborted: local storage error, try again later"
         return policy.message_accepted(qid, delivered=False).reply()
 
@@ -219,7 +223,12 @@ class SMTPHandler:
         results = await self.ctx.local.deliver(envelope, message)
         end = time.time()
         item.queued = end
-        maillog.emit(maillog.queued_line(item.id, item.sender, item.size, len(item.recipients), "direct to mailbox"))
+        where = "direct to mailbox"
+        maillog.emit(
+            maillog.queued_line(
+                item.id, item.sender, item.size, len(item.recipients), where, client=item.client, sasl_username=item.auth_user
+            )
+        )
         for rcpt in item.recipients:
             result = results.get(rcpt.address)
             if result is not None and result.ok:

@@ -24,9 +24,9 @@ import re
 import ssl
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
 from mailprov.config import Config, parse_hostport
 from mailprov.delivery.local import LocalCourier
@@ -43,6 +43,9 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 
 IDENT = "ESMTP mailprov"
 MODES = ("mx", "submission", "submissions")
+# A plain <dot-atom@domain> path, the overwhelmingly common case, parsed without the email package.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 _ENHANCED = {
     220: "2.0.0",
@@ -98,10 +101,20 @@ class SMTPContext:
 class MailprovSMTP(SMTP):
     """aiosmtpd's SMTP protocol plus limits (see the module docstring)."""
 
-    def __init__(self, handler: SMTPHandler, *, ctx: SMTPContext, implicit_tls: bool = False, **kwargs: Any) -> None:
+    # Method tables aiosmtpd rebuilds with inspect.getmembers() for every connection (a sixth of our CPU
+    # under a connection-per-message load); built once per handler class here. test_server_init
+    # checks the result is the same as aiosmtpd's own constructor.
+    _tables: ClassVar[dict[type, tuple[list[str], list[tuple[str, str, bool]], list[str]]]] = {}
+
+    def __init__(
+        self, handler: SMTPHandler, *, ctx: SMTPContext, implicit_tls: bool = False, fast_init: bool = True, **kwargs: Any
+    ) -> None:
         cfg = ctx.config.smtp
         self.line_length_limit = cfg.max_line_length + 1  # + the transparency dot; read by SMTP.__init__
-        super().__init__(handler, **kwargs)
+        if fast_init:
+            self._fast_init(handler, **kwargs)
+        else:
+            super().__init__(handler, **kwargs)
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.ctx = ctx
         self.implicit_tls = implicit_tls
@@ -112,6 +125,78 @@ class MailprovSMTP(SMTP):
         self._in_ehlo = False
         self._slot = False
         self._refusal: str | None = None
+
+    def _fast_init(
+        self,
+        handler: SMTPHandler,
+        *,
+        hostname: str,
+        ident: str,
+        data_size_limit: int,
+        enable_SMTPUTF8: bool,
+        tls_context: ssl.SSLContext | None,
+        require_starttls: bool,
+        auth_required: bool,
+        auth_require_tls: bool,
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """aiosmtpd's SMTP.__init__ for the arguments we use, with the method tables cached."""
+        self.__ident__ = ident
+        self.loop = loop
+        asyncio.StreamReaderProtocol.__init__(
+            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit), client_connected_cb=self._cb_client_connected, loop=loop
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = False
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        self._auth_required = auth_required
+        key = type(handler)
+        tables = self._tables.get(key)
+        if tables is None:
+            hooks = [m for m in dir(handler) if m.startswith("handle_")]
+            auth: dict[str, tuple[str, bool]] = {}
+            for obj, builtin in ((self, True), (handler, False)):
+                for name in dir(obj):
+                    if name.startswith("auth_"):
+                        func = getattr(obj, name)
+                        mech = getattr(func, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-"))
+                        auth[mech] = (name, builtin)
+            verbs = [m for m in dir(self) if m.startswith("smtp_")]
+            tables = self._tables[key] = (hooks, [(k, n, b) for k, (n, b) in auth.items()], verbs)
+        hooks, auth_names, verbs = tables
+        self._auth_methods = {
+            mech: _AuthMechAttr(getattr(self if builtin else handler, name), builtin) for mech, name, builtin in auth_names
+        }
+        self._handle_hooks = {m[7:]: getattr(handler, m) for m in hooks}
+        self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
+        self._smtp_methods = {m[5:]: getattr(self, m) for m in verbs}
+        self._enforce_call_limit = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """A plain ``<user@domain>`` without the email package's parser (a tenth of our CPU); anything else
+        goes to aiosmtpd's parser. Either way mailprov.smtp.address validates the result strictly."""
+        match = _SIMPLE_PATH.match(arg)
+        if match:
+            return match.group(1), arg[match.end() :]
+        return super()._getaddr(arg)
 
     @property
     def is_tls(self) -> bool:
