@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
 import time
 
@@ -13,11 +12,17 @@ import pytest
 from mailprov.delivery.base import Envelope, Outcome
 from mailprov.delivery.remote import RemoteCourier
 from tests.conftest import require_programs
-from tests.outbound.conftest import DKIM_SELECTOR, DNS_ADDR, DNS_PORT, POSTFIX_IP, SMTP_PORT, world_readable_dir
-from tests.outbound.postfix_peer import PostfixInstance
+from tests.outbound.conftest import DKIM_SELECTOR, DNS_ADDR, DNS_PORT, POSTFIX_IP, SMTP_PORT
 from tests.outbound.test_end_to_end import alpha_tree, knot_txt, servers, wait_until  # noqa: F401 (servers is a fixture)
+from tests.peers.postfix import PostfixPeer
 
 pytestmark = pytest.mark.peers
+
+
+def maildir_files(peer: PostfixPeer, address: str) -> list:
+    local, _, domain = address.rpartition("@")
+    folder = peer.mail_dir / domain / local / "new"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +30,21 @@ def postfix(test_ca, knot):
     """Postfix for gamma.test on 127.0.5.102:2525 that refuses mail without STARTTLS (encrypt)."""
     require_programs("postfix")
     cert = test_ca.issue("mx.gamma.test")
-    workdir = world_readable_dir("mailprov-out-postfix-")
-    with PostfixInstance(
-        workdir,
-        POSTFIX_IP,
-        SMTP_PORT,
+    tls = {
+        "smtpd_tls_cert_file": str(cert.cert),
+        "smtpd_tls_key_file": str(cert.key),
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_tls_loglevel": "1",
+    }
+    with PostfixPeer(
+        ip=POSTFIX_IP,
+        port=SMTP_PORT,
         hostname="mx.gamma.test",
-        mailboxes=["john@gamma.test", "ann@gamma.test"],
-        tls=(str(cert.cert), str(cert.key)),
-        tls_level="encrypt",
+        domains=("gamma.test",),
+        users=("john@gamma.test", "ann@gamma.test"),
+        extra=tls,
     ) as pf:
         yield pf
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def deliver(config, rcpt: str, message: bytes, sender: str = "alex@alpha.test", **kwargs):
@@ -56,7 +64,7 @@ def test_courier_finds_postfix_by_mx_and_verifies_its_certificate(knot, postfix,
     result = deliver(config, "ann@gamma.test", message, ca_file=str(test_ca.ca_file))
     assert result.ok, result
     assert result.relay == f"mx.gamma.test[{POSTFIX_IP}]:{SMTP_PORT}" and "queued as" in result.message
-    (path,) = wait_until(lambda: postfix.maildir_files("ann@gamma.test"), what="Postfix's delivery")
+    (path,) = wait_until(lambda: maildir_files(postfix, "ann@gamma.test"), what="Postfix's delivery")
     assert b"over verified TLS" in path.read_bytes()
     assert "TLS connection established from" in postfix.log()
 
@@ -83,7 +91,7 @@ def test_alex_to_postfix_through_the_queue_signed_and_encrypted(knot, postfix, s
     )
     with smtplib.SMTP(alpha.ip, alpha.ports["smtp"], timeout=10) as client:
         client.sendmail("alex@alpha.test", ["john@gamma.test"], body)
-    (path,) = wait_until(lambda: postfix.maildir_files("john@gamma.test"), what="john's mail at Postfix")
+    (path,) = wait_until(lambda: maildir_files(postfix, "john@gamma.test"), what="john's mail at Postfix")
     data = path.read_bytes()
     signed = data[data.index(b"DKIM-Signature:") :]
     assert dkim.verify(signed, dnsfunc=knot_txt)
