@@ -272,8 +272,10 @@ class QueueRunner:
                 await self._attempt(job)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug must not kill the worker; the item stays on disk for the next scan
+            except Exception:  # a bug must not kill the worker; the item stays on disk and is tried again later
                 log.exception("%s: delivery attempt failed unexpectedly", job.queue_id)
+                retry = _Job(job.queue_id, "active")  # the periodic scan never looks in active/: come back to it
+                asyncio.get_running_loop().call_later(self.config.queue.retry_min, self._push, retry)
             finally:
                 self._busy.discard(job.queue_id)
                 if not self._busy:
@@ -392,7 +394,13 @@ class QueueRunner:
             maillog.emit(f"{item.id}: removed")
             return
         item.next_attempt = self.clock() + retry_delay(item.attempts, self.config.queue.retry_min, self.config.queue.retry_max, self.rng())
-        state = await self.io.run(self._persist, item, message)
+        try:
+            state = await self.io.run(self._persist, item, message)
+        except OSError as exc:  # e.g. a full disk: keep the new state in memory and retry from active/ then
+            log.error("%s: cannot write the queue file (%s); kept in active/, next attempt as scheduled", item.id, exc)
+            delay = max(0.0, item.next_attempt - self.clock())
+            asyncio.get_running_loop().call_later(delay, self._push, _Job(item.id, "active", item, message))
+            return
         if state == "deferred":
             self._schedule(item.id, item.next_attempt)
         elif state is None:
