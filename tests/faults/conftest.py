@@ -151,3 +151,62 @@ def smtp_sink() -> Iterator:
     yield start
     for sink in sinks:
         sink.stop()
+
+
+class Tmpfs:
+    """A small tmpfs mounted for one test (root only); unmounted by the fixture's finalizer."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True, timeout=30)
+        self.mounted = True
+        self._filler = path / ".filler"
+
+    def fill(self, leave: int = 0) -> int:
+        """Write a filler file until the file system is full, then give back ``leave`` bytes. Returns its size."""
+        written = 0
+        with open(self._filler, "ab") as handle:
+            chunk = b"\0" * 16384
+            while True:
+                try:
+                    handle.write(chunk)
+                    handle.flush()
+                    written += len(chunk)
+                except OSError:
+                    break
+        if leave:
+            self.free(leave)
+        return written
+
+    def free(self, amount: int | None = None) -> None:
+        """Give back ``amount`` bytes of the filler (all of it when None)."""
+        if amount is None:
+            self._filler.unlink(missing_ok=True)
+            return
+        size = self._filler.stat().st_size
+        os.truncate(self._filler, max(0, size - amount))
+
+    def umount(self) -> None:
+        if self.mounted:
+            result = subprocess.run(["umount", str(self.path)], capture_output=True, timeout=30)
+            if result.returncode != 0:
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30)
+            self.mounted = False
+
+
+@pytest.fixture
+def tmpfs() -> Iterator:
+    """Factory: ``tmpfs(path, size)`` mounts a tmpfs; every mount is unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (./dev test runs as root in CI)")
+    mounts: list[Tmpfs] = []
+
+    def mount(path: Path, size: str = "2m") -> Tmpfs:
+        fs = Tmpfs(path, size)
+        mounts.append(fs)
+        return fs
+
+    yield mount
+    for fs in reversed(mounts):
+        fs.umount()
