@@ -417,6 +417,11 @@ class RemoteCourier:
                 if smtp.supports_extension("starttls"):
                     try:
                         await smtp.starttls(server_hostname=hop.name, tls_context=self._context(policy.verify))
+                        tls = _describe_tls(smtp, policy.verify)
+                        # A server may refuse the handshake only after it completed on our side (TLS 1.3
+                        # sends the client certificate last): a connection that dies at the EHLO that follows
+                        # failed at TLS too.
+                        await self._hello(smtp, relay)
                     except (ssl.SSLError, ssl.CertificateError, aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                         smtp.close()
                         reason = _tls_reason(exc)
@@ -431,8 +436,6 @@ class RemoteCourier:
                             raise SessionError(f"{relay} refused STARTTLS: {exc.code} {_one_line(exc.message)}", enhanced="4.7.5") from None
                         smtp.close()
                         return await self._open(qid, route, hop, address, policy, key, plain=True)
-                    tls = _describe_tls(smtp, policy.verify)
-                    await self._hello(smtp, relay)
                 elif policy.required:
                     raise SessionError(
                         f"{relay} does not offer STARTTLS, but the policy is {policy.describe()}", code=451, enhanced="4.7.10"

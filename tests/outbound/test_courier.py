@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 import pytest
@@ -270,3 +271,16 @@ def test_transport_with_implicit_tls(knot, out_config, test_ca):
     with ScriptedPeer("127.0.5.41", 2465, implicit_tls=server_context(str(cert.cert), str(cert.key))) as peer:
         result = deliver(out_config({"transports": [transport]}), envelope("john@a.out.test"), ca_file=str(test_ca.ca_file))
     assert result["john@a.out.test"].ok and peer.handler.received[0].tls
+
+
+def test_failed_opportunistic_handshake_falls_back_to_plain_text(knot, out_config, test_ca):
+    cert = test_ca.issue("mx.a.out.test")
+    context = server_context(str(cert.cert), str(cert.key))
+    # The server demands a client certificate we do not have: the handshake fails.
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(str(test_ca.ca_file))
+    with ScriptedPeer("127.0.5.21", SMTP_PORT, tls_context=context) as peer:
+        lax = deliver(out_config(), envelope("john@a.out.test"))["john@a.out.test"]
+        strict = deliver(out_config({"tls": "require"}), envelope("john@a.out.test"))["john@a.out.test"]
+    assert lax.ok and [r.tls for r in peer.handler.received] == [False]
+    assert strict.outcome is Outcome.TEMPORARY and strict.enhanced == "4.7.5"
