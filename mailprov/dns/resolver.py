@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import re
 import secrets
+import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -152,6 +153,29 @@ def fmt_server(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _wire_name(qname: str) -> bytes:
+    """A name in wire format (fast path for plain names; dnspython for escapes)."""
+    if "\\" in qname or qname == ".":
+        return dns.name.from_text(qname).to_wire()  # type: ignore[return-value]
+    out = bytearray()
+    for label in qname.rstrip(".").split("."):
+        try:
+            raw = label.encode("ascii")
+        except UnicodeError:
+            raise dns.exception.SyntaxError(f"non-ASCII label in {qname!r}") from None
+        if not 0 < len(raw) < 64:
+            raise dns.exception.SyntaxError(f"bad label in {qname!r}")
+        out += bytes((len(raw),)) + raw
+    return bytes(out) + b"\0"
+
+
+def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, payload: int = 1232) -> bytes:
+    """A query message in wire format with EDNS0 (built directly: dnspython's builder costs as much as the query)."""
+    header = struct.pack("!HHHHHH", qid, 0x0100 if recursion else 0, 1, 0, 0, 1)
+    opt = b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, payload, 0, 0)
+    return header + _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN) + opt
+
+
 class _Mux(asyncio.DatagramProtocol):
     """One connected UDP socket to one server, shared by concurrent queries; answers matched by ID and question.
 
@@ -161,7 +185,7 @@ class _Mux(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[dns.message.Message, asyncio.Future[dns.message.Message]]] = {}
+        self.pending: dict[int, tuple[str, int, asyncio.Future[dns.message.Message]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -170,17 +194,20 @@ class _Mux(asyncio.DatagramProtocol):
         entry = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
         if entry is None:
             return
-        request, future = entry
+        qname, rdtype, future = entry
         try:
             response = dns.message.from_wire(data)
         except dns.exception.DNSException:
             return  # a malformed or forged packet: keep waiting for the real answer
-        if request.is_response(response) and not future.done():
+        if not response.flags & dns.flags.QR or len(response.question) != 1:
+            return
+        question = response.question[0]
+        if question.rdtype == rdtype and question.name.to_text().lower() == qname and not future.done():
             future.set_result(response)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable) on the connected socket: every query in flight on it fails now.
-        for _, future in self.pending.values():
+        for _, _, future in self.pending.values():
             if not future.done():
                 future.set_exception(exc)
 
@@ -221,24 +248,28 @@ class NetworkSource:
         self._next += 1
         return pool[self._next % len(pool)]
 
-    async def _udp(self, request: dns.message.Message, host: str, port: int) -> dns.message.Message:
+    async def _udp(self, qname: str, rdtype: str, host: str, port: int) -> dns.message.Message:
         """Send over a pooled socket; on a truncated answer, ask again over TCP."""
         mux = await self._mux(host, port)
         assert mux.transport is not None
         while True:
-            request.id = secrets.randbelow(65536)
-            if request.id not in mux.pending:
+            qid = secrets.randbelow(65536)
+            if qid not in mux.pending:
                 break
+        qtype = dns.rdatatype.from_text(rdtype)
         future: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
-        mux.pending[request.id] = (request, future)
+        mux.pending[qid] = (qname, qtype, future)
         try:
-            mux.transport.sendto(request.to_wire())
+            mux.transport.sendto(query_wire(qname, qtype, qid, recursion=self.recursion))
             response = await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
             raise dns.exception.Timeout() from None
         finally:
-            mux.pending.pop(request.id, None)
+            mux.pending.pop(qid, None)
         if response.flags & dns.flags.TC:
+            request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232)
+            if not self.recursion:
+                request.flags &= ~dns.flags.RD
             response = await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port)
         return response
 
@@ -252,7 +283,7 @@ class NetworkSource:
 
     async def query(self, name: str, rdtype: str) -> Answer:
         """Answer from the cache, or ask the servers (concurrent askers of one query share it)."""
-        qname = dns.name.from_text(name).to_text().lower()
+        qname = name.lower() if name.endswith(".") else name.lower() + "."
         if self._cache is None:
             return await self._ask(qname, rdtype)
         key = (qname, rdtype)
@@ -264,14 +295,11 @@ class NetworkSource:
 
     async def _ask(self, qname: str, rdtype: str) -> Answer:
         failures: list[str] = []
-        request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232)
-        if not self.recursion:
-            request.flags &= ~dns.flags.RD
         async with self._limit:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
-                    response = await self._udp(request, host, port)
+                    response = await self._udp(qname, rdtype, host, port)
                 except dns.exception.Timeout:
                     failures.append(f"{server}: no answer within {self.timeout:g} s")
                     continue
