@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class PlaybookResult:
     failures: list[Failure] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     output: list[str] = field(default_factory=list)  # lines that were not events (warnings, errors)
+    elapsed: float = 0.0  # seconds the run took
 
     @property
     def ok(self) -> bool:
@@ -152,6 +154,7 @@ def run_playbook(
     environment.update(env or {})
     echo = echo or (lambda line: None)
     result = PlaybookResult(returncode=0)
+    started = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=base)
     except OSError as exc:
@@ -168,6 +171,7 @@ def run_playbook(
                 result.output.append(line)
                 echo(f"  {line}")
             continue
+        event["t"] = round(time.monotonic() - started, 2)
         result.events.append(event)
         if event["event"] == "stats":
             result.hosts = event["hosts"]
@@ -175,4 +179,5 @@ def run_playbook(
             result.failures.append(Failure(event["host"], event["task"], event["status"], event.get("msg", "")))
         _render(event, echo)
     result.returncode = proc.wait()
+    result.elapsed = time.monotonic() - started
     return result
