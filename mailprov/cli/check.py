@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.model import Status
 from mailprov.dns.report import render
 from mailprov.dns.resolver import parse_server
 from mailprov.errors import UsageError
@@ -88,4 +89,12 @@ def check(
     )
     report = asyncio.run(check_domains(names, options))
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))
-    raise typer.Exit(report.exit_code(strict))
+    code = report.exit_code(strict)
+    errors = [c for d in report.domains for c in d.checks if c.status == Status.ERROR]
+    if errors:
+        # Also on stderr, so that a JSON or JUnit consumer's log says which server and query failed.
+        typer.echo(
+            f"mailprov: {len(errors)} check(s) could not be completed; first: {errors[0].id} {errors[0].subject}: {errors[0].summary}",
+            err=True,
+        )
+    raise typer.Exit(code)

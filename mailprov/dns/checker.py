@@ -245,9 +245,23 @@ async def check_domains(domains: list[str], options: CheckOptions | None = None,
 
     async def one(domain: str) -> DomainReport:
         async with limit:
-            report = await check_domain(source, domain, options)
-            if options.authoritative:
-                await _authoritative(source, domain, options, report)
+            try:
+                report = await check_domain(source, domain, options)
+                if options.authoritative:
+                    await _authoritative(source, domain, options, report)
+            except Exception as exc:  # a bug must not hide the other domains' results, nor show a traceback
+                return DomainReport(
+                    domain,
+                    [
+                        CheckResult(
+                            "internal",
+                            Status.ERROR,
+                            domain,
+                            f"internal error while checking: {exc.__class__.__name__}: {exc}",
+                            fix="please report this as a bug in mailprov, with the domain",
+                        )
+                    ],
+                )
             return report
 
     try:

@@ -47,13 +47,15 @@ def load_zone(path: Path) -> dns.zone.Zone:
     """Parse a zone file; its origin is its ``$ORIGIN``, else its file name (``alpha.test.zone``)."""
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read zone file {path}: {exc.strerror}", fix="give the path of a readable zone file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read zone file {path}: {exc}", fix="give the path of a readable (text) zone file") from None
     origin = None if "$ORIGIN" in text.upper() else _origin_from_filename(path)
     try:
         return dns.zone.from_text(text, origin=origin, relativize=False, filename=str(path), check_origin=False)
     except dns.exception.DNSException as exc:
         raise UsageError(f"zone file {path}: {exc}", fix="correct the zone file (BIND master-file syntax, RFC 1035 section 5)") from None
+    except OSError as exc:  # an $INCLUDE that cannot be read
+        raise UsageError(f"zone file {path}: {exc}", fix="correct the $INCLUDE path") from None
 
 
 class ZoneSet:

@@ -81,6 +81,13 @@ def test_bad_zone_file_exits_2(tmp_path: Path) -> None:
     bad.write_text("$ORIGIN broken.test.\n@ 300 IN MX ten\n")
     result = cli("--zone", str(bad), "broken.test")
     assert result.exit_code == 2 and "broken.test.zone" in result.output
+    include = tmp_path / "inc.test.zone"
+    include.write_text("$ORIGIN inc.test.\n$INCLUDE /nonexistent/file\n")
+    result = cli("--zone", str(include), "inc.test")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    binary = tmp_path / "bin.test.zone"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert cli("--zone", str(binary), "bin.test").exit_code == 2
 
 
 def test_silent_resolver_exits_3_naming_server_and_query(blackhole) -> None:
@@ -88,6 +95,9 @@ def test_silent_resolver_exits_3_naming_server_and_query(blackhole) -> None:
     result = cli("--resolver", silent, "--timeout", "0.3", tz.domain("good"))
     assert result.exit_code == 3, result.output
     assert silent in result.stdout and "good.zz.test. MX" in result.stdout
+    as_json = cli("--resolver", silent, "--timeout", "0.3", "--format", "json", tz.domain("good"))
+    assert as_json.exit_code == 3 and json.loads(as_json.stdout)["verdict"] == "error"
+    assert silent in as_json.stderr and "could not be completed" in as_json.stderr
 
 
 def test_refusing_server_exits_3(resolver: str) -> None:
