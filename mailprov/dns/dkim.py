@@ -89,7 +89,7 @@ async def check_dkim(source: Source, domain: str, selector: str | None) -> Check
         return answer.as_error("dkim", domain)
     evidence = [answer.evidence()]
     texts = answer.texts()
-    plan = f"mailprov dns plan {domain.rstrip('.')} --host <mail host> --dkim-selector {selector}"
+    plan = f"mailprov dns plan {domain.rstrip('.')} --host <mail host> --ip <address> --dkim-selector {selector}"
     if not texts:
         return CheckResult(
             "dkim",
