@@ -20,10 +20,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.zone
 
 START_ATTEMPTS = 100  # x 0.1 s
 STOP_TIMEOUT = 5.0
@@ -110,31 +112,41 @@ zone:
             raise
         return self
 
-    def _soa_ok(self, zone: str) -> bool:
+    def _soa_ok(self, zone: str, serial: int | None = None) -> bool:
         query = dns.message.make_query(zone if zone.endswith(".") else zone + ".", dns.rdatatype.SOA)
         try:
             response = dns.query.udp(query, self.address, port=self.port, timeout=0.2)
         except (OSError, dns.exception.DNSException):
             return False
-        return response.rcode() == dns.rcode.NOERROR and bool(response.answer)
+        if response.rcode() != dns.rcode.NOERROR or not response.answer:
+            return False
+        return serial is None or response.answer[0][0].serial == serial
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, serials: dict[str, int] | None = None) -> None:
         pending = set(self.zones)
         for _ in range(START_ATTEMPTS):
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"knotd exited with {self.process.returncode}:\n{self.log_text()}")
-            pending = {z for z in pending if not self._soa_ok(z)}
+            pending = {z for z in pending if not self._soa_ok(z, (serials or {}).get(z))}
             if not pending:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"knotd on {self.address}@{self.port} does not serve {', '.join(sorted(pending))}:\n{self.log_text()}")
 
     def reload(self) -> None:
-        """Make knotd re-read its zone files (SIGHUP), and wait until every zone answers again."""
+        """Make knotd re-read its zone files (SIGHUP) and wait until every zone is served with its file's SOA serial.
+
+        Bump the serial when changing a zone (Knot keeps the old zone otherwise).
+        """
         assert self.process is not None
+        serials = {}
+        for name in self.zones:
+            zone = dns.zone.from_text(self._zone_file(name).read_text(), origin=name.rstrip(".") + ".", check_origin=False)
+            soa = zone.get_rdataset(zone.origin, dns.rdatatype.SOA)
+            if soa is not None:
+                serials[name] = soa[0].serial
         self.process.send_signal(signal.SIGHUP)
-        time.sleep(0.2)
-        self._wait_ready()
+        self._wait_ready(serials)
 
     def log_text(self) -> str:
         """knotd's output so far."""
