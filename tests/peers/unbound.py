@@ -3,8 +3,8 @@
 ``stubs`` maps a zone to the authoritative server(s) to ask for it (``"127.0.2.1@5300"``). Nothing leaves
 the machine: every other name is answered from ``local-zone: "." refuse``. Without a validator, without
 root hints. The process runs in the foreground as a child; entering waits (bounded) until it answers,
-leaving stops and reaps it. ``flush(name)`` drops a name from its cache (unbound-control is not set up,
-so it restarts the process instead: the cache goes with it).
+leaving stops and reaps it. A stub pointing at a server that does not serve the zone (a lame delegation)
+makes Unbound answer SERVFAIL at once.
 
 Use: a real SERVFAIL (a stub pointing at a server that never answers) and a real cache that keeps an old
 answer for its TTL after the authoritative data changed.
