@@ -120,4 +120,39 @@ async def check_dmarc(source: Source, domain: str) -> CheckResult:
             fix="once reports show your mail passes, move to p=quarantine or p=reject (and pct=100)",
             records=evidence,
         )
+    unauthorised = await _unauthorised_report_domains(source, domain.rstrip(".").lower(), record, evidence)
+    if unauthorised:
+        first = unauthorised[0]
+        return CheckResult(
+            "dmarc",
+            Status.WARN,
+            domain,
+            f"reports go to {', '.join(unauthorised)}, which does not accept them for {domain} (RFC 7489 7.1): they will not be sent",
+            fix=f"have {first} publish '{domain.rstrip('.')}._report._dmarc.{first}. TXT \"v=DMARC1\"', or report within {domain}",
+            records=evidence,
+        )
     return CheckResult("dmarc", Status.PASS, domain, f"policy p={record.policy}: '{records[0]}'", records=evidence)
+
+
+def report_domains(record: DMARCRecord) -> list[str]:
+    """The domains of the rua/ruf mailto: addresses, lower-case, in order, without duplicates."""
+    out: list[str] = []
+    for tag in ("rua", "ruf"):
+        for uri in record.tags.get(tag, "").split(","):
+            m = re.fullmatch(r"\s*mailto:[^@]+@([^!\s]+)(![0-9]+[kmgt]?)?\s*", uri, re.IGNORECASE)
+            if m and m.group(1).lower().rstrip(".") not in out:
+                out.append(m.group(1).lower().rstrip("."))
+    return out
+
+
+async def _unauthorised_report_domains(source: Source, domain: str, record: DMARCRecord, evidence: list) -> list[str]:  # type: ignore[type-arg]
+    """External report domains that do not publish ``DOMAIN._report._dmarc.THEIRS`` (RFC 7489 7.1)."""
+    external = [d for d in report_domains(record) if not (d == domain or d.endswith("." + domain) or domain.endswith("." + d))]
+    out = []
+    for theirs in external:
+        answer = await source.query(f"{domain}._report._dmarc.{theirs}.", "TXT")
+        evidence.append(answer.evidence())
+        # An unanswered query proves nothing either way: only a clear "no such record" counts.
+        if not answer.error and not any(is_dmarc(t) for t in answer.texts()):
+            out.append(theirs)
+    return out

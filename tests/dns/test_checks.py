@@ -109,3 +109,9 @@ def test_unanswered_queries_are_errors_naming_server_and_query(blackhole) -> Non
 def test_second_resolver_is_asked_when_the_first_is_silent(knot: KnotServer, blackhole) -> None:
     report = run(CheckOptions(resolvers=[blackhole, (knot.address, knot.port)], timeout=0.3), [tz.domain("good")])
     assert report.domains[0].checks[0].status == Status.PASS
+
+
+def test_dmarc_external_report_address_needs_authorisation(reports) -> None:
+    result = next(c for c in reports["network"][tz.domain("dmarcext")].checks if c.id == "dmarc")
+    assert "elsewhere.zz.test" in result.summary and "reports.zz.test," not in result.summary
+    assert "dmarcext.zz.test._report._dmarc.elsewhere.zz.test." in result.fix

@@ -84,6 +84,12 @@ dmarcnone MX 10 mx.good
 _dmarc.dmarcnone TXT "v=DMARC1; p=none"
 dmarcbad MX 10 mx.good
 _dmarc.dmarcbad TXT "v=DMARC1; p=bogus"
+dmarcext MX 10 mx.good
+_dmarc.dmarcext TXT "v=DMARC1; p=reject; rua=mailto:d@reports.zz.test,mailto:x@elsewhere.zz.test"
+dmarcext.zz.test._report._dmarc.reports TXT "v=DMARC1"
+dmarcextok MX 10 mx.good
+_dmarc.dmarcextok TXT "v=DMARC1; p=reject; rua=mailto:d@reports.zz.test"
+dmarcextok.zz.test._report._dmarc.reports TXT "v=DMARC1"
 dmarctwo MX 10 mx.good
 _dmarc.dmarctwo TXT "v=DMARC1; p=reject"
 _dmarc.dmarctwo TXT "v=DMARC1; p=none"
@@ -144,6 +150,8 @@ CASES: dict[str, dict[tuple[str, str | None], str]] = {
     "dmarcnone": {("dmarc", None): "warn"},
     "dmarcbad": {("dmarc", None): "fail"},
     "dmarctwo": {("dmarc", None): "fail"},
+    "dmarcext": {("dmarc", None): "warn"},
+    "dmarcextok": {("dmarc", None): "pass"},
     "dkimweak": {("dkim", None): "warn"},
     "dkimtiny": {("dkim", None): "fail"},
     "dkimrevoked": {("dkim", None): "fail"},
