@@ -130,7 +130,10 @@ def parse(data: bytes) -> tuple[QueueItem, bytes]:
     if end < 0:
         raise CorruptQueueFile("truncated header")
     item = QueueItem.from_header(data[len(MAGIC) : end])
-    return item, data[end + 1 :]
+    message = data[end + 1 :]
+    if item.size and len(message) != item.size:  # the header records the size: a cut file must not be delivered
+        raise CorruptQueueFile(f"truncated message: {len(message)} of {item.size} bytes")
+    return item, message
 
 
 class QueueStore:
