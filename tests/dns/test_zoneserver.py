@@ -157,12 +157,16 @@ def test_serve_zones_cli_runs_in_the_foreground_and_stops_on_sigterm() -> None:
 
 
 def test_serve_zones_cli_bad_input_exits_2(tmp_path: Path) -> None:
-    bad = subprocess.run(
-        [MAILPROV, "dns", "serve-zones", "--listen", "nowhere", str(EXAMPLES / "alpha.test.zone")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    missing = subprocess.run([MAILPROV, "dns", "serve-zones", str(tmp_path / "none.zone")], capture_output=True, text=True, timeout=30)
-    assert missing.returncode == 2 and "none.zone" in missing.stderr
+    from typer.testing import CliRunner
+
+    from mailprov.cli import app
+
+    bad = CliRunner().invoke(app, ["dns", "serve-zones", "--listen", "nowhere", str(EXAMPLES / "alpha.test.zone")])
+    assert bad.exit_code == 2 and "--listen" in bad.output
+    missing = CliRunner().invoke(app, ["dns", "serve-zones", str(tmp_path / "none.zone")])
+    assert missing.exit_code == 2 and "none.zone" in missing.output
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((ADDRESS, 0))
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(app, ["dns", "serve-zones", "--listen", f"{ADDRESS}:{port}", str(EXAMPLES / "alpha.test.zone")])
+    assert busy.exit_code == 2 and "cannot listen" in busy.output, busy.output
