@@ -9,10 +9,6 @@ from typing import Annotated
 
 import typer
 
-from mailprov.dns.checker import CheckOptions, check_domains
-from mailprov.dns.model import Status
-from mailprov.dns.report import render
-from mailprov.dns.resolver import parse_server
 from mailprov.errors import UsageError
 
 
@@ -60,6 +56,12 @@ def check(
     Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
     """
+    # Imported here so that other commands do not pay for dnspython and cryptography at start-up.
+    from mailprov.dns.checker import CheckOptions, check_domains
+    from mailprov.dns.model import Status
+    from mailprov.dns.report import render
+    from mailprov.dns.resolver import parse_server
+
     names, zone_files = [], list(zone or [])
     for arg in domains or []:
         # `--zone examples/zones/*.zone alpha.test`: the shell puts all but the first file among the domains.
