@@ -81,6 +81,8 @@ def validate_options(options: CheckOptions) -> None:
         raise UsageError(f"--dkim-selector {options.dkim_selector!r} is not a valid selector", fix="use letters, digits, '-', '_' and dots")
     if not options.timeout > 0:
         raise UsageError(f"--timeout {options.timeout} must be greater than 0", fix="give a number of seconds, e.g. 5")
+    if options.authoritative and options.zone_files:
+        raise UsageError("--authoritative asks the domains' name servers; it cannot be combined with --zone", fix="drop one of them")
     if options.concurrency < 1 or options.domain_concurrency < 1:
         raise UsageError("concurrency must be at least 1")
 
