@@ -509,15 +509,22 @@ class RemoteCourier:
             options.append(f"SIZE={len(message)}")
         if envelope.body_8bit and smtp.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
-        if envelope.smtputf8:
+        # RFC 6531: an address with non-ASCII characters can only travel with SMTPUTF8.
+        if envelope.smtputf8 or not all(a.isascii() for a in (envelope.sender, *rcpts)):
             if not smtp.supports_extension("smtputf8"):
                 return {r: (553, f"5.6.7 {relay} does not support SMTPUTF8, which this message needs") for r in rcpts}, True
             options.append("SMTPUTF8")
             encoding = "utf-8"
+        # An address that cannot be put on a command line fails alone, before anything is sent.
+        if not _wire_safe(envelope.sender):
+            return {r: (553, "5.1.7 the sender address cannot be sent over SMTP") for r in rcpts}, True
+        replies: dict[str, tuple[int, str]] = {r: (553, "5.1.3 the address cannot be sent over SMTP") for r in rcpts if not _wire_safe(r)}
+        sendable = [r for r in rcpts if r not in replies]
+        if not sendable:
+            return replies, True
 
         stage = "MAIL FROM"
         accepted: list[str] = []
-        replies: dict[str, tuple[int, str]] = {}
         try:
             try:
                 await smtp.mail(envelope.sender, options=options, encoding=encoding, timeout=timeout)
@@ -527,11 +534,12 @@ class RemoteCourier:
                         raise _StaleConnection() from None
                     raise _Closing(exc.code, exc.message) from None
                 await _rset(smtp, timeout)
-                return {r: (exc.code, exc.message) for r in rcpts}, smtp.is_connected
+                replies.update({r: (exc.code, exc.message) for r in sendable})
+                return replies, smtp.is_connected
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 raise _StaleConnection() from None
             stage = "RCPT TO"
-            for rcpt in rcpts:
+            for rcpt in sendable:
                 try:
                     await smtp.rcpt(rcpt, encoding=encoding, timeout=timeout)
                     accepted.append(rcpt)
@@ -570,9 +578,8 @@ class RemoteCourier:
             text = f"4.4.2 lost connection with {relay} after {stage}: {_one_line(str(exc))}"
         except aiosmtplib.SMTPResponseException as exc:
             text = f"4.5.0 unexpected reply from {relay} after {stage}: {exc.code} {_one_line(exc.message)}"
-        except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
-            smtp.close()
-            return {r: replies.get(r, (553, f"5.1.3 cannot send address: {exc}")) for r in rcpts}, False
+        except ValueError as exc:  # an address aiosmtplib still refuses: nothing of it reached the server
+            text = f"4.3.0 cannot send the transaction: {_one_line(str(exc))}"
         smtp.close()
         # Nobody answered the end of DATA: every accepted recipient is undecided, so temporary.
         for rcpt in rcpts:
@@ -620,6 +627,11 @@ async def _rset(smtp: aiosmtplib.SMTP, timeout: float) -> None:
         await smtp.rset(timeout=min(timeout, 30))
     except (aiosmtplib.SMTPException, ConnectionError, OSError):
         smtp.close()
+
+
+def _wire_safe(address: str) -> bool:
+    """Can ``address`` go on a MAIL or RCPT line (no controls, no angle brackets, no line breaks)?"""
+    return not any(ord(ch) < 0x20 or ch in "<>\x7f" for ch in address)
 
 
 def _one_line(text: str) -> str:

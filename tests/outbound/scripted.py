@@ -102,9 +102,10 @@ class ScriptedPeer:
         implicit_tls: ssl.SSLContext | None = None,
         credentials: tuple[str, str] | None = None,
         data_size_limit: int = 33554432,
+        smtputf8: bool = True,
     ) -> None:
         self.handler = ScriptedHandler(script or Script())
-        kwargs: dict[str, Any] = {"data_size_limit": data_size_limit, "ident": "scripted-peer"}
+        kwargs: dict[str, Any] = {"data_size_limit": data_size_limit, "ident": "scripted-peer", "enable_SMTPUTF8": smtputf8}
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=require_starttls)
         if implicit_tls is not None:

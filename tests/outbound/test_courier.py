@@ -284,3 +284,22 @@ def test_failed_opportunistic_handshake_falls_back_to_plain_text(knot, out_confi
         strict = deliver(out_config({"tls": "require"}), envelope("john@a.out.test"))["john@a.out.test"]
     assert lax.ok and [r.tls for r in peer.handler.received] == [False]
     assert strict.outcome is Outcome.TEMPORARY and strict.enhanced == "4.7.5"
+
+
+def test_unsendable_address_fails_alone(knot, out_config):
+    with ScriptedPeer("127.0.5.21", SMTP_PORT) as peer:
+        results = deliver(out_config(), envelope("good@a.out.test", "bad\x01x@a.out.test"))
+    assert results["good@a.out.test"].ok
+    bad = results["bad\x01x@a.out.test"]
+    assert bad.outcome is Outcome.PERMANENT and bad.enhanced == "5.1.3"
+    assert [r.recipients for r in peer.handler.received] == [["good@a.out.test"]]
+
+
+def test_non_ascii_address_needs_smtputf8(knot, out_config):
+    with ScriptedPeer("127.0.5.21", SMTP_PORT, smtputf8=False) as peer:
+        refused = deliver(out_config(), envelope("jürgen@a.out.test"))["jürgen@a.out.test"]
+    assert refused.outcome is Outcome.PERMANENT and refused.code == 553 and refused.enhanced == "5.6.7"
+    assert peer.handler.received == []
+    with ScriptedPeer("127.0.5.21", SMTP_PORT) as peer:
+        assert deliver(out_config(), envelope("jürgen@a.out.test"))["jürgen@a.out.test"].ok
+    assert peer.handler.received[0].recipients == ["jürgen@a.out.test"]
