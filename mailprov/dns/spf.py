@@ -16,6 +16,7 @@ from mailprov.dns.model import CheckResult, Evidence, Status
 from mailprov.dns.resolver import Source
 
 LOOKUP_LIMIT = 10
+VOID_LIMIT = 2
 QUERYING = {"include", "a", "mx", "ptr", "exists", "redirect"}
 MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
 _MECH_RE = re.compile(r"^([+\-~?]?)([A-Za-z0-9]+)(?::([^/]*))?(?:/(\d+))?(?://(\d+))?$")
@@ -277,6 +278,7 @@ async def check_spf(source: Source, domain: str) -> CheckResult:
 @dataclass
 class _Eval:
     lookups: int = 0
+    voids: int = 0
     matched: str = ""
     notes: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
@@ -290,15 +292,22 @@ class _PermError(Exception):
     pass
 
 
-async def _addresses(source: Source, name: str, state: _Eval) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    out = []
-    for rdtype in ("A", "AAAA"):
-        answer = await source.query(name, rdtype)
-        state.evidence.append(answer.evidence())
-        if answer.error:
-            raise _TempError(answer.error)
-        out += [ipaddress.ip_address(rd.address) for rd in answer.records]
-    return out
+async def _addresses(source: Source, name: str, ip, state: _Eval, *, void: bool) -> list:  # type: ignore[no-untyped-def]
+    """The addresses of ``name`` in ``ip``'s family (RFC 7208 5.3: A for IPv4, AAAA for IPv6)."""
+    answer = await source.query(name, "A" if ip.version == 4 else "AAAA")
+    state.evidence.append(answer.evidence())
+    if answer.error:
+        raise _TempError(answer.error)
+    if void and not answer.records:
+        _void(state, name)
+    return [ipaddress.ip_address(rd.address) for rd in answer.records]
+
+
+def _void(state: _Eval, name: str) -> None:
+    """Count a lookup that found nothing; more than two is a permerror (RFC 7208 4.6.4)."""
+    state.voids += 1
+    if state.voids > VOID_LIMIT:
+        raise _PermError(f"more than {VOID_LIMIT} lookups found nothing (the last: {name}); RFC 7208 4.6.4")
 
 
 def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, address, term: Term) -> bool:  # type: ignore[no-untyped-def]
@@ -330,20 +339,25 @@ async def _matches(source: Source, domain: str, term: Term, ip, state: _Eval, de
         state.notes.append(f"'{term.text}' (deprecated, RFC 7208 5.5) was not evaluated")
         return False
     if term.name == "a":
-        return any(_in(ip, a, term) for a in await _addresses(source, target + ".", state))
+        return any(_in(ip, a, term) for a in await _addresses(source, target + ".", ip, state, void=True))
     if term.name == "exists":
         answer = await source.query(target + ".", "A")
         state.evidence.append(answer.evidence())
         if answer.error:
             raise _TempError(answer.error)
+        if not answer.records:
+            _void(state, target)
         return bool(answer.records)
     if term.name == "mx":
         answer = await source.query(target + ".", "MX")
         state.evidence.append(answer.evidence())
         if answer.error:
             raise _TempError(answer.error)
+        if not answer.records:
+            _void(state, target)
         for rd in answer.records[:10]:
-            if rd.exchange.to_text() != "." and any(_in(ip, a, term) for a in await _addresses(source, rd.exchange.to_text(), state)):
+            exchange = rd.exchange.to_text()
+            if exchange != "." and any(_in(ip, a, term) for a in await _addresses(source, exchange, ip, state, void=False)):
                 return True
         return False
     if term.name == "include":

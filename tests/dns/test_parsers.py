@@ -190,6 +190,8 @@ redir 300 IN TXT "v=spf1 redirect=u.test"
 badredir 300 IN TXT "v=spf1 redirect=nothing.u.test"
 macro 300 IN TXT "v=spf1 exists:%{i}.bl.u.test ?all"
 neutral 300 IN TXT "v=spf1 ip4:192.0.2.1"
+voids 300 IN TXT "v=spf1 a:n1.u.test a:n2.u.test mx:n3.u.test mx -all"
+twovoids 300 IN TXT "v=spf1 a:n1.u.test exists:n2.u.test mx:u.test -all"
 """
 
 
@@ -207,6 +209,8 @@ neutral 300 IN TXT "v=spf1 ip4:192.0.2.1"
         ("macro.u.test", "192.0.2.10", Status.WARN, "macros"),
         ("neutral.u.test", "192.0.2.10", Status.WARN, "neutral"),
         ("mx.u.test", "192.0.2.10", Status.WARN, "none"),
+        ("voids.u.test", "192.0.2.10", Status.FAIL, "more than 2 lookups found nothing"),
+        ("twovoids.u.test", "192.0.2.10", Status.PASS, "'mx:u.test in twovoids.u.test'"),
     ],
 )
 def test_spf_sender_evaluation(domain: str, address: str, status: Status, words: str) -> None:
