@@ -25,6 +25,8 @@ log = logging.getLogger("mailprov.maillog")
 
 def _clean(text: str) -> str:
     """One line, no control characters: a remote reply must not forge log lines."""
+    if text.isprintable():
+        return text.strip()
     return "".join(ch if ch.isprintable() else " " for ch in text.replace("\r", " ").replace("\n", " ")).strip()
 
 
