@@ -127,7 +127,7 @@ class SMTPHandler:
         try:
             sender = parse_sender(address, smtputf8=bool(envelope.smtp_utf8))
         except AddressError as exc:
-            return self._reject(server, session, "MAIL", f"{exc.code} {exc.enhanced} <{address}>: {exc.text}", sender=address)
+            return self._reject(server, session, "MAIL", f"{exc.code} {exc.enhanced} <{_clean(address)}>: {exc.text}", sender=address)
         user = _login(session)
         owns = bool(user) and sender is not None and self.ctx.directory.may_send_as(user, str(sender))
         decision = policy.sender_decision(sender, auth_user=user, owns_sender=owns)
@@ -147,7 +147,7 @@ class SMTPHandler:
             rcpt = parse_address(address, smtputf8=bool(envelope.smtp_utf8))
         except AddressError as exc:
             return self._reject(
-                server, session, "RCPT", f"{exc.code} {exc.enhanced} <{address}>: {exc.text}", sender=txn.sender, rcpt=address
+                server, session, "RCPT", f"{exc.code} {exc.enhanced} <{_clean(address)}>: {exc.text}", sender=txn.sender, rcpt=address
             )
         directory = self.ctx.directory
         local = not rcpt.ip_literal and directory.is_local_domain(rcpt.domain)
