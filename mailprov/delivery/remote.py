@@ -243,10 +243,18 @@ class RemoteCourier:
         except Exception as exc:  # never lose a message over a signature
             log.warning("%s: DKIM signing failed, sending unsigned: %s", envelope.queue_id, exc)
             signed = message
-        outcomes = await asyncio.gather(
-            *(self._deliver_domain(envelope, domain, rcpts, signed) for domain, rcpts in by_domain.items()),
-            return_exceptions=True,
-        )
+        outcomes: list[dict[str, Result] | BaseException]
+        if len(by_domain) == 1:  # the queue runner's usual call: one domain, no task needed
+            ((domain, rcpts),) = by_domain.items()
+            try:
+                outcomes = [await self._deliver_domain(envelope, domain, rcpts, signed)]
+            except Exception as exc:
+                outcomes = [exc]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._deliver_domain(envelope, domain, rcpts, signed) for domain, rcpts in by_domain.items()),
+                return_exceptions=True,
+            )
         results: dict[str, Result] = {}
         for (_domain, rcpts), outcome in zip(by_domain.items(), outcomes, strict=True):
             if isinstance(outcome, asyncio.CancelledError):
@@ -590,6 +598,8 @@ class RemoteCourier:
     # -- results and logs -------------------------------------------------------------------------
 
     def _finish(self, qid: str, results: dict[str, Result], envelope: Envelope) -> dict[str, Result]:
+        if not log.isEnabledFor(logging.DEBUG):
+            return results
         for rcpt, result in results.items():
             t = result.timings
             delays = "/".join(f"{t.get(k, 0.0):.2f}" for k in ("dns", "wait", "connect", "xfer"))

@@ -170,14 +170,19 @@ class Router:
         self.config = config
         self.resolver = resolver or make_resolver(config)
         self.own_names = {config.server.hostname.lower(), config.outbound_helo.lower()}
+        self._static_hops: dict[int, Hop] = {}
 
     async def route(self, domain: str) -> Route:
         """The route for ``domain`` (lower case, no trailing dot). Raises RoutingError."""
         domain = domain.lower().rstrip(".")
         transport = find_transport(self.config, domain)
         if transport is not None:
-            addresses = await self._host_addresses(transport.host)
-            return Route(domain, "transport", [Hop(transport.host, 0, transport.port, addresses)], transport)
+            hop = self._static_hops.get(id(transport))
+            if hop is None:
+                hop = Hop(transport.host, 0, transport.port, await self._host_addresses(transport.host))
+                if is_ip_address(transport.host):  # an address never changes: no need to look again
+                    self._static_hops[id(transport)] = hop
+            return Route(domain, "transport", [hop], transport)
         literal = parse_address_literal(domain)
         if literal is not None:
             return Route(domain, "literal", [Hop(literal, 0, self.config.outbound.port, (literal,))])
