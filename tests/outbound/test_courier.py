@@ -173,7 +173,8 @@ def test_connection_is_reused_for_the_next_message(knot, out_config):
 
 def test_per_destination_limit_holds(knot, out_config):
     config = out_config(queue={"per_destination": 2})
-    with ScriptedPeer("127.0.5.21", SMTP_PORT, Script(stall_data=0.3)) as peer:
+    # Each DATA takes a second: long enough that both allowed deliveries overlap even on a busy machine.
+    with ScriptedPeer("127.0.5.21", SMTP_PORT, Script(stall_data=1.0)) as peer:
 
         async def run():
             courier = RemoteCourier(config)
