@@ -1,8 +1,11 @@
 """Where answers come from: a :class:`Source` answers ``(name, type)`` with an :class:`Answer`, never raising.
 
-:class:`NetworkSource` asks DNS servers (recursive resolvers, or a domain's own name servers) with
-dnspython's asyncio queries: UDP, TCP when truncated, each server in turn, a bounded number of queries in
-flight, and each ``(name, type)`` asked once per run (concurrent askers share the one query).
+:class:`NetworkSource` asks DNS servers (recursive resolvers, or a domain's own name servers) on asyncio:
+UDP over a small pool of connected sockets per server (random source ports and IDs; an answer must match
+the question), TCP (dnspython's asyncquery) when truncated, each server in turn, a bounded number of
+queries in flight, and each ``(name, type)`` asked once per run (concurrent askers share the one query).
+Messages are parsed by dnspython. dnspython's own stub resolver is not used: it opens a socket per query
+and does not say which server gave which answer, and the evidence must.
 :class:`mailprov.dns.zonefile.ZoneSource` answers from zone files instead, so records can be checked
 before they are published. A query that cannot be completed (timeout, SERVFAIL, REFUSED) comes back as an
 Answer with ``error`` set, naming the server and the query.
