@@ -91,5 +91,6 @@ class CallbackModule(CallbackBase):
         hosts = {}
         for host in sorted(stats.processed):
             s = stats.summarize(host)
-            hosts[host] = {k: s.get(k, 0) for k in ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")}
+            hosts[host] = {k: s.get(k, 0) for k in ("ok", "changed", "unreachable", "skipped", "rescued", "ignored")}
+            hosts[host]["failed"] = s.get("failures", 0)
         self._emit(event="stats", hosts=hosts)

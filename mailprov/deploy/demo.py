@@ -1,0 +1,342 @@
+"""The embedded default: the whole mail story on this machine, without root and without any network.
+
+``mailprov demo up``:
+
+1. serves the bundled demo zones (examples/zones: alpha.test, beta.test, 6.0.127.in-addr.arpa) with
+   ``mailprov dns serve-zones`` on 127.0.6.53:5300;
+2. checks both domains with ``mailprov check`` against that server;
+3. deploys mail.alpha.test (127.0.6.10) and mail.beta.test (127.0.6.20) with Ansible's site playbook
+   (inventories/demo: local connection, unprivileged ports, one prefix per host under the demo directory);
+4. alex@alpha.test submits a message to john@beta.test on mail.alpha.test's submission port (STARTTLS, AUTH);
+5. mail.alpha.test looks up the MX of beta.test and relays it over SMTP to mail.beta.test, whose MDA
+   drops it into john's Maildir;
+6. john fetches it over POP3S.
+
+It prints each step as it happens and leaves everything running; ``mailprov demo status --json`` gives
+every endpoint, the DNS server and the users, and ``mailprov demo down`` stops and removes it all. The
+demo directory is $MAILPROV_DEMO_DIR, else /tmp/mailprov-demo-UID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import poplib
+import shutil
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from email import message_from_bytes
+from email.message import EmailMessage
+from pathlib import Path
+
+from mailprov.deploy import daemon
+from mailprov.deploy.runner import ansible_dir, run_playbook
+from mailprov.errors import MailprovError
+
+DNS_ADDRESS, DNS_PORT = "127.0.6.53", 5300
+PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995}
+HOSTS = {
+    "mail.alpha.test": {"address": "127.0.6.10", "domain": "alpha.test"},
+    "mail.beta.test": {"address": "127.0.6.20", "domain": "beta.test"},
+}
+USERS = [
+    {"address": "alex@alpha.test", "password": "alex-demo-password", "host": "mail.alpha.test"},
+    {"address": "john@beta.test", "password": "john-demo-password", "host": "mail.beta.test"},
+]
+DELIVERY_TIMEOUT = 60.0  # seconds: upper bound for the relay hop
+START_TIMEOUT = 15.0  # seconds: upper bound for the DNS server to answer
+Echo = Callable[[str], None]
+
+
+def demo_dir() -> Path:
+    """Where the demo keeps its hosts, logs and state."""
+    return Path(os.environ.get("MAILPROV_DEMO_DIR") or f"/tmp/mailprov-demo-{os.getuid()}")
+
+
+def _tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the demo's certificates are self-signed
+    return context
+
+
+def state(base: Path | None = None) -> dict:
+    """The demo's endpoints, DNS server and users: the machine-readable form (without liveness)."""
+    base = base or demo_dir()
+    hosts = {}
+    for name, info in HOSTS.items():
+        prefix = base / name
+        hosts[name] = {
+            "address": info["address"],
+            "domain": info["domain"],
+            **{svc: {"host": info["address"], "port": port} for svc, port in PORTS.items()},
+            "config": str(prefix / "etc" / "mailprov" / "mailprov.toml"),
+            "certificate": str(prefix / "etc" / "mailprov" / "tls" / f"{name}.crt"),
+            "maildir_root": str(prefix / "var" / "mail" / "mailprov"),
+            "logs": {svc: str(prefix / "var" / "log" / "mailprov" / f"{svc}.log") for svc in ("smtp", "pop3")},
+        }
+    zones = sorted(str(p) for p in (ansible_dir() / "examples" / "zones").glob("*.zone"))
+    return {
+        "dir": str(base),
+        "dns": {"server": f"{DNS_ADDRESS}:{DNS_PORT}", "address": DNS_ADDRESS, "port": DNS_PORT, "zones": zones},
+        "hosts": hosts,
+        "users": USERS,
+        "tls": "self-signed certificates (see hosts.*.certificate); clients must not verify them",
+    }
+
+
+def _pidfiles(base: Path) -> dict[str, Path]:
+    files = {"dns": base / "dns.pid"}
+    for name in HOSTS:
+        for svc in ("smtp", "pop3"):
+            files[f"{name}/{svc}"] = base / name / "run" / "mailprov" / f"{svc}.pid"
+    return files
+
+
+def _dns_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if daemon._alive(pid) and "serve-zones" in daemon._cmdline(pid) else None
+
+
+def status() -> dict:
+    """The state plus which processes are running; ``running`` is true when all of them are."""
+    base = demo_dir()
+    out = state(base)
+    processes = {}
+    for key, pidfile in _pidfiles(base).items():
+        pid = _dns_pid(pidfile) if key == "dns" else daemon.running_pid(pidfile)
+        processes[key] = {"pid": pid, "running": pid is not None}
+    out["processes"] = processes
+    out["running"] = all(p["running"] for p in processes.values())
+    return out
+
+
+def describe(info: dict) -> str:
+    """A human-readable summary of :func:`status`."""
+    lines = [f"demo: {'running' if info.get('running') else 'not running'} ({info['dir']})", f"DNS: {info['dns']['server']}"]
+    for name, host in info["hosts"].items():
+        ports = ", ".join(f"{svc} {host[svc]['port']}" for svc in PORTS)
+        lines.append(f"{name} {host['address']}: {ports}")
+    for user in info["users"]:
+        lines.append(f"user {user['address']} password {user['password']} (on {user['host']})")
+    for key, proc in info.get("processes", {}).items():
+        lines.append(f"  {key}: {'pid ' + str(proc['pid']) if proc['running'] else 'stopped'}")
+    return "\n".join(lines)
+
+
+def _start_dns(base: Path, echo: Echo) -> None:
+    pidfile = base / "dns.pid"
+    if _dns_pid(pidfile):
+        echo(f"      already serving on {DNS_ADDRESS}:{DNS_PORT}")
+        return
+    zones = sorted((ansible_dir() / "examples" / "zones").glob("*.zone"))
+    log = open(base / "dns.log", "ab")  # noqa: SIM115 - handed to the child process
+    cmd = [sys.executable, "-m", "mailprov.deploy", "dns", "serve-zones", "--listen", f"{DNS_ADDRESS}:{DNS_PORT}", *map(str, zones)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    pidfile.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT
+    import dns.message
+    import dns.query
+
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MailprovError(
+                f"the demo DNS server exited: {(base / 'dns.log').read_text(errors='replace')[-500:]}",
+                fix=f"free {DNS_ADDRESS}:{DNS_PORT} (another demo?) and run 'mailprov demo down' first",
+            )
+        with contextlib.suppress(Exception):
+            dns.query.udp(dns.message.make_query("alpha.test.", "SOA"), DNS_ADDRESS, timeout=0.5, port=DNS_PORT)
+            echo(f"      serving {', '.join(z.stem for z in zones)} on {DNS_ADDRESS}:{DNS_PORT} (pid {proc.pid})")
+            return
+        time.sleep(0.1)
+    raise MailprovError(f"the demo DNS server did not answer on {DNS_ADDRESS}:{DNS_PORT} within {START_TIMEOUT:.0f}s")
+
+
+def _check_dns(echo: Echo) -> None:
+    import asyncio
+
+    from mailprov.dns.checker import CheckOptions, check_domains
+
+    for name, info in HOSTS.items():
+        options = CheckOptions(host=name, ips=[info["address"]], resolvers=[(DNS_ADDRESS, DNS_PORT)], timeout=3)
+        report = asyncio.run(check_domains([info["domain"]], options))
+        domain = report.domains[0]
+        failing = [c for c in domain.checks if c.status in ("fail", "error")]
+        passed = sum(1 for c in domain.checks if c.status == "pass")
+        echo(f"      {info['domain']}: {domain.verdict.upper()} ({passed} pass: MX {name}, A {info['address']}, PTR, FCrDNS)")
+        for check in failing:
+            echo(f"        {check.status.upper()} {check.id} {check.subject}: {check.summary}")
+        if failing:
+            raise MailprovError(f"the demo zones fail the DNS check for {info['domain']}", fix="see the report above")
+
+
+def _deploy(base: Path, echo: Echo) -> float:
+    def progress(line: str) -> None:
+        text = line.strip()
+        if text.startswith("PLAY "):
+            echo(f"      {text}")
+        elif text.startswith(("changed", "FAILED", "UNREACH")) or (line.startswith("    ") and not text.startswith(("ok ", "ignored"))):
+            echo(f"      {line.strip()}")
+
+    result = run_playbook("site.yml", str(ansible_dir() / "inventories" / "demo"), echo=progress, env={"MAILPROV_DEMO_DIR": str(base)})
+    for line in result.summary().splitlines():
+        echo(f"      {line.strip()}")
+    result.raise_for_failure("demo deploy")
+    return result.elapsed
+
+
+def _story(base: Path, echo: Echo) -> None:
+    alex, john = USERS
+    alpha, beta = HOSTS["mail.alpha.test"], HOSTS["mail.beta.test"]
+    token = uuid.uuid4().hex[:12]
+    message = EmailMessage()
+    message["From"], message["To"] = f"Alex <{alex['address']}>", f"John <{john['address']}>"
+    message["Subject"] = f"Hello John ({token})"
+    message["Message-ID"] = f"<{token}@alpha.test>"
+    message.set_content("Hi John,\n\nthis went alpha -> MX lookup -> beta -> Maildir -> POP3.\n\nAlex\n")
+
+    echo(f"[4/6] alex@alpha.test submits to john@beta.test on mail.alpha.test {alpha['address']}:{PORTS['submission']}")
+    with smtplib.SMTP(alpha["address"], PORTS["submission"], local_hostname="laptop.alpha.test", timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.starttls(context=_tls())
+        echo("      STARTTLS ok; AUTH PLAIN as alex@alpha.test")
+        smtp.login(alex["address"], alex["password"])
+        smtp.send_message(message)
+        echo(f"      message {token} accepted for john@beta.test")
+
+    echo("[5/6] mail.alpha.test looks up the MX of beta.test and relays it over SMTP")
+    import dns.message
+    import dns.query
+
+    mx = dns.query.udp(dns.message.make_query("beta.test.", "MX"), DNS_ADDRESS, timeout=2, port=DNS_PORT)
+    target = " ".join(rd.to_text() for rrset in mx.answer for rd in rrset)
+    a = dns.query.udp(dns.message.make_query("mail.beta.test.", "A"), DNS_ADDRESS, timeout=2, port=DNS_PORT)
+    address = " ".join(rd.to_text() for rrset in a.answer for rd in rrset)
+    echo(f"      DNS {DNS_ADDRESS}:{DNS_PORT}: beta.test MX {target}; mail.beta.test A {address}")
+    alpha_log = base / "mail.alpha.test" / "var" / "log" / "mailprov" / "smtp.log"
+    seen = alpha_log.stat().st_size if alpha_log.exists() else 0
+
+    echo(f"[6/6] john@beta.test fetches his mail over POP3S from mail.beta.test {beta['address']}:{PORTS['pop3s']}")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    shown: set[str] = set()
+    while True:
+        if alpha_log.exists():  # show alpha's relay log lines as they appear
+            with open(alpha_log, "rb") as handle:
+                handle.seek(seen)
+                chunk = handle.read().decode(errors="replace")
+            seen += len(chunk.encode())
+            for line in chunk.splitlines():
+                if ("john@beta.test" in line or "beta.test" in line) and line not in shown:
+                    shown.add(line)
+                    echo(f"      mail.alpha.test log: {line.strip()[:160]}")
+        found = _fetch(beta["address"], john["address"], john["password"], token)
+        if found is not None:
+            parsed = message_from_bytes(found)
+            echo(f"      POP3S login as john@beta.test ok; message {token} is in his Maildir")
+            echo(f"      Subject: {parsed['Subject']}")
+            for received in parsed.get_all("Received") or []:
+                echo(f"      Received: {' '.join(received.split())[:150]}")
+            return
+        if time.monotonic() > deadline:
+            raise MailprovError(
+                f"message {token} did not reach john@beta.test within {DELIVERY_TIMEOUT:.0f}s",
+                fix=f"see {alpha_log} and 'mailprov queue list -c {base / 'mail.alpha.test' / 'etc' / 'mailprov' / 'mailprov.toml'}'",
+            )
+        time.sleep(0.25)
+
+
+def _fetch(address: str, user: str, password: str, token: str) -> bytes | None:
+    pop = poplib.POP3_SSL(address, PORTS["pop3s"], context=_tls(), timeout=30)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        count, _ = pop.stat()
+        for number in range(count, 0, -1):
+            text = b"\r\n".join(pop.retr(number)[1])
+            if token.encode() in text:
+                return text
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pop.quit()
+
+
+def up(echo: Echo) -> dict:
+    """Run the whole story; leaves the demo running and returns :func:`status`."""
+    base = demo_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)  # when run as root, the services drop to the mailprov user and must reach their prefix
+    for name in HOSTS:
+        (base / name).mkdir(exist_ok=True)
+        (base / name).chmod(0o755)
+    started = time.monotonic()
+    echo(f"mailprov demo: two mail domains on this machine, in {base}")
+    echo(f"[1/6] DNS: serving the demo zones on {DNS_ADDRESS}:{DNS_PORT}")
+    _start_dns(base, echo)
+    echo("[2/6] checking DNS for alpha.test and beta.test (mailprov check)")
+    _check_dns(echo)
+    echo("[3/6] deploying mail.alpha.test and mail.beta.test with Ansible (playbooks/site.yml, inventories/demo)")
+    took = _deploy(base, echo)
+    echo(f"      deployed in {took:.0f}s; both hosts passed 'mailprov probe'")
+    (base / "state.json").write_text(json.dumps(state(base), indent=2) + "\n")
+    _story(base, echo)
+    info = status()
+    echo(f"done in {time.monotonic() - started:.0f}s. The demo keeps running:")
+    echo("  mailprov demo status --json    every endpoint, the DNS server and the users")
+    echo("  mailprov demo down             stop and remove it all")
+    return info
+
+
+def down(echo: Echo) -> None:
+    """Stop every demo process (services, DNS) and remove the demo directory."""
+    base = demo_dir()
+    if not base.exists():
+        echo(f"demo: nothing to stop ({base} does not exist)")
+        return
+    for key, pidfile in _pidfiles(base).items():
+        if key == "dns":
+            pid = _dns_pid(pidfile)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while daemon._alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if daemon._alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                echo(f"stopped dns (pid {pid})")
+        else:
+            result = daemon.stop(pidfile, 15.0)
+            if result.startswith("stopped pid"):
+                echo(f"stopped {key} ({result.removeprefix('stopped ')})")
+    shutil.rmtree(base, ignore_errors=True)
+    echo(f"removed {base}")
+
+
+def probe_target(hostname: str):  # type: ignore[no-untyped-def]
+    """A :class:`~mailprov.deploy.probe.ProbeTarget` for one host of the running demo (``mailprov probe --demo``)."""
+    from mailprov.deploy.probe import ProbeTarget, load_certificate
+    from mailprov.errors import UsageError
+
+    if hostname not in HOSTS:
+        raise UsageError(f"{hostname} is not a demo host", fix=f"use one of {', '.join(HOSTS)}")
+    info = state()
+    host = info["hosts"][hostname]
+    user = next(u for u in USERS if u["host"] == hostname)
+    target = ProbeTarget(hostname=hostname, address=host["address"], resolvers=[(DNS_ADDRESS, DNS_PORT)], source_address="127.0.6.99")
+    target.smtp_port, target.submission_port, target.submissions_port = PORTS["smtp"], PORTS["submission"], PORTS["submissions"]
+    target.pop3_port, target.pop3s_port = PORTS["pop3"], PORTS["pop3s"]
+    target.user, target.password = user["address"], user["password"]
+    with contextlib.suppress(OSError, UsageError):
+        target.expect_cert_der = load_certificate(Path(host["certificate"]).read_text(), host["certificate"])
+    return target
