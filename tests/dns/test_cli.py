@@ -189,3 +189,15 @@ def test_internationalised_domain_is_asked_as_punycode(blackhole) -> None:
     result = cli("--resolver", f"127.0.2.3:{blackhole[1]}", "--timeout", "0.2", "--format", "json", "bücher.test")
     assert result.exit_code == 3
     assert json.loads(result.stdout)["domains"][0]["domain"] == "xn--bcher-kva.test"
+
+
+def test_readme_offline_command_works_in_a_shell() -> None:
+    # Exactly as the README has it: the shell expands the glob.
+    import subprocess
+    import sys
+
+    mailprov = Path(sys.executable).with_name("mailprov")
+    command = f"{mailprov} check --zone examples/zones/*.zone alpha.test beta.test"
+    result = subprocess.run(["bash", "-c", command], cwd=EXAMPLES.parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verdict: WARN (2 domain(s)" in result.stdout  # only the optional MTA-STS record is missing
