@@ -263,6 +263,16 @@ async def check_spf(source: Source, domain: str) -> CheckResult:
             fix="end the record with '-all'",
             records=evidence,
         )
+    ptrs = [t.text for t in record.terms if t.name == "ptr"]
+    if ptrs:
+        return CheckResult(
+            "spf",
+            Status.WARN,
+            domain,
+            f"'{ptrs[0]}': the ptr mechanism is slow and unreliable; RFC 7208 5.5 says not to use it (some receivers ignore it)",
+            fix="replace it with ip4:/ip6: ranges or a: names",
+            records=evidence,
+        )
     if alls and alls[0].qualifier == "?":
         return CheckResult(
             "spf",

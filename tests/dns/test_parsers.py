@@ -216,3 +216,8 @@ twovoids 300 IN TXT "v=spf1 a:n1.u.test exists:n2.u.test mx:u.test -all"
 def test_spf_sender_evaluation(domain: str, address: str, status: Status, words: str) -> None:
     result = asyncio.run(check_spf_sender(_source(SENDER_ZONE), domain, address))
     assert result.status == status and words in result.summary, result.summary
+
+
+def test_spf_ptr_mechanism_warns() -> None:
+    result = asyncio.run(check_spf(_source('@ 300 IN TXT "v=spf1 ptr -all"\n'), "u.test"))
+    assert result.status == Status.WARN and "RFC 7208 5.5" in result.summary
