@@ -94,6 +94,14 @@ class ZoneSet:
         """The file a zone came from."""
         return self._source[zone.origin]
 
+    def _wildcard(self, zone: dns.zone.Zone, name: dns.name.Name):  # type: ignore[no-untyped-def]
+        """The ``*`` node below the closest encloser of a name that does not exist, if there is one."""
+        existing = self._existing[zone.origin]
+        encloser = name.parent()
+        while encloser not in existing and encloser != zone.origin:
+            encloser = encloser.parent()
+        return zone.get_node(dns.name.Name(("*", *encloser.labels)))
+
     def lookup(self, qname: dns.name.Name, rdtype: int) -> Lookup:
         """Answer ``qname``/``rdtype`` authoritatively, following CNAMEs through the set's zones."""
         result = Lookup("NOERROR")
@@ -106,6 +114,8 @@ class ZoneSet:
                 return result
             result.zone = result.zone or self.source_of(zone)
             node = zone.get_node(name)
+            if node is None and name not in self._existing[zone.origin]:
+                node = self._wildcard(zone, name)  # RFC 4592: answers are synthesised with the asked name as owner
             if node is not None:
                 rdataset = node.get_rdataset(dns.rdataclass.IN, rdtype)
                 if rdataset is not None:

@@ -4,9 +4,9 @@ It lets the demo publish its mail domains on a machine without root and without 
 ``mailprov dns serve-zones --listen 127.0.0.1:5353 examples/zones/*.zone``, or from Python
 ``server = await serve_zones([Path("alpha.test.zone")], "127.0.0.1", 5353)`` ... ``server.close()``.
 
-Answers (authoritative, AA set) come from :class:`~mailprov.dns.zonefile.ZoneSet`: the records, CNAME
+Answers (authoritative, AA set) come from :class:`~mailprov.dns.zonefile.ZoneSet`: the records, wildcards, CNAME
 chains, NODATA and NXDOMAIN with the zone's SOA in the authority section (for negative caching), and
-REFUSED for names outside every zone. No recursion, no referrals, no wildcards, no zone transfers, no DNSSEC.
+REFUSED for names outside every zone. No recursion, no referrals, no zone transfers, no DNSSEC.
 A UDP answer larger than the client's buffer (512 bytes, or its EDNS size) is truncated (TC) so the client
 retries over TCP. Malformed packets are dropped; other opcodes get NOTIMP.
 """

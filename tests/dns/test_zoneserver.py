@@ -186,6 +186,8 @@ def test_answers_match_knot_for_every_name_and_type(knot, zone_files: list[Path]
                 names.add("nx-" + name.to_text())  # a sibling that does not exist
             if len(name.labels) > 3:
                 names.add(name.parent().to_text())  # often an empty non-terminal
+    # Names covered by the wildcard, and ones it must not cover (an existing name, an empty non-terminal).
+    names |= {"host.wild.zz.test.", "a.b.wild.zz.test.", "exists.wild.zz.test.", "ent.wild.zz.test.", "x.ent.wild.zz.test."}
     types = ["A", "AAAA", "MX", "TXT", "PTR", "CNAME", "SOA"]
 
     async def main() -> list[str]:

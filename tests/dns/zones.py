@@ -52,6 +52,12 @@ _dmarc.good TXT "v=DMARC1; p=reject; rua=mailto:dmarc@good.zz.test"
 _mta-sts.good TXT "v=STSv1; id=20260101"
 _smtp._tls.good TXT "v=TLSRPTv1; rua=mailto:tls@good.zz.test"
 
+*.wild A 192.0.2.99
+*.wild TXT "wildcard"
+exists.wild MX 10 mx.good
+deep.ent.wild A 192.0.2.98
+wildmx MX 10 host.wild
+
 nullmx MX 0 .
 implicit A 192.0.2.10
 nomail TXT "no mail here"
@@ -134,6 +140,7 @@ def zones() -> dict[str, str]:
 CASES: dict[str, dict[tuple[str, str | None], str]] = {
     "missing": {("domain.exists", None): "fail"},
     "nullmx": {("mx", None): "fail"},
+    "wildmx": {("mx.address", "host.wild.zz.test"): "pass", ("ptr", "192.0.2.99"): "fail"},
     "implicit": {("mx", None): "warn", ("ptr", "192.0.2.10"): "pass", ("fcrdns", "192.0.2.10"): "pass"},
     "nomail": {("mx", None): "fail"},
     "cnamemx": {("mx.target", "alias.cnamemx.zz.test"): "fail"},
