@@ -44,6 +44,7 @@ _W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
 _UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 _CACHE_MAGIC = "mailprov-pop3-sizes 1"
 _DOT_LINE = re.compile(rb"\n\.")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -81,7 +82,9 @@ def uid_for(base: str) -> str:
 
 def crlf_size(data: bytes, *, final: bool = True) -> int:
     """Octets of ``data`` once bare LFs become CRLF (and, when ``final``, a missing last CRLF is added)."""
-    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    size = len(data) + data.count(b"\n")
+    if data.find(b"\r") >= 0:  # memchr: only files with CRs pay for the two-byte count
+        size -= data.count(b"\r\n")
     if final and data and not data.endswith(b"\n"):
         size += 2
     return size
@@ -111,56 +114,51 @@ def render_bytes(data: bytes) -> bytes:
     return out + (b".\r\n" if out.endswith(b"\n") else b"\r\n.\r\n")
 
 
-def _header_end(norm: bytes) -> int:
-    """Offset just past the blank line ending the header of LF-normalized ``norm``, or -1."""
-    if norm[:1] == b"\n":
+def _header_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Offset just past the blank line ending the header of raw ``data`` (a line that is empty once
+    rendered: LF or CRLF alone), searching from ``start``; -1 when there is none. Works on the raw bytes:
+    normalizing first and rendering again would turn ``CR CR LF`` into an empty line (TOP != RETR)."""
+    if data[:1] == b"\n":
         return 1
-    found = norm.find(b"\n\n")
-    return found + 2 if found >= 0 else -1
+    if data[:2] == b"\r\n":
+        return 2
+    found = _BLANK_LINE.search(data, start)
+    return found.end() if found else -1
 
 
 def top_bytes(data: bytes, lines: int) -> bytes:
     """The header and the first ``lines`` body lines, as TOP sends them (RFC 1939)."""
-    norm = data.replace(b"\r\n", b"\n")
-    cut = _header_end(norm)
+    cut = _header_end(data)
     if cut < 0:
-        return render_bytes(norm)  # header only: all of it
+        return render_bytes(data)  # header only: all of it
     for _ in range(lines):
-        nl = norm.find(b"\n", cut)
+        nl = data.find(b"\n", cut)
         if nl < 0:
-            cut = len(norm)
+            cut = len(data)
             break
         cut = nl + 1
-    return render_bytes(norm[:cut])
+    return render_bytes(data[:cut])
 
 
 def read_top(path: str, lines: int) -> bytes:
     """Read only as much of the file as TOP needs: the header and ``lines`` more line ends."""
-    norm = bytearray()
-    carry = b""
+    raw = bytearray()
     header_end = -1
     body_lines = 0
     with open(path, "rb", buffering=0) as handle:
         while chunk := handle.read(CHUNK):
-            data = carry + chunk
-            carry = b"\r" if data.endswith(b"\r") else b""
-            start = len(norm)
-            norm += data[:-1] if carry else data
-            norm[start:] = norm[start:].replace(b"\r\n", b"\n")
+            start = len(raw)
+            raw += chunk
             if header_end < 0:
-                if norm[:1] == b"\n":
-                    header_end = 1
-                else:
-                    found = norm.find(b"\n\n", max(0, start - 1))
-                    if found < 0:
-                        continue
-                    header_end = found + 2
-                body_lines = norm.count(b"\n", header_end)
+                header_end = _header_end(raw, max(0, start - 2))
+                if header_end < 0:
+                    continue
+                body_lines = raw.count(b"\n", header_end)
             else:
-                body_lines += norm.count(b"\n", start)
+                body_lines += raw.count(b"\n", start)
             if body_lines >= lines:
                 break
-    return top_bytes(bytes(norm) + carry, lines)
+    return top_bytes(bytes(raw), lines)
 
 
 def render_file(path: str, expected: int = 0) -> Iterator[bytes]:
@@ -191,45 +189,48 @@ def render_file(path: str, expected: int = 0) -> Iterator[bytes]:
 def _render_stream(fd: int, pending: bytes) -> Iterator[bytes]:
     try:
         at_line_start = True
-        eof = False
-        while not eof:
-            while len(pending) < CHUNK:
-                chunk = os.read(fd, CHUNK)
-                if not chunk:
-                    eof = True
-                    break
-                pending += chunk
-            if eof:
-                piece, pending = pending, b""
-            else:
-                cut = pending.rfind(b"\n") + 1
-                if cut == 0:  # a line longer than CHUNK: cut it, but never between CR and LF
-                    cut = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
-                piece, pending = pending[:cut], pending[cut:]
-            if piece:
-                out = _convert(piece, at_line_start)
-                at_line_start = out.endswith(b"\n")
-                yield out
+        while chunk := os.read(fd, CHUNK):
+            pending += chunk
+            if len(pending) < CHUNK:
+                continue
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than CHUNK: cut it, but never between CR and LF
+                cut = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
+                if cut == 0:
+                    continue
+            out = _convert(pending[:cut], at_line_start)
+            pending = pending[cut:]
+            at_line_start = out.endswith(b"\n")
+            yield out
+        if pending:
+            out = _convert(pending, at_line_start)
+            at_line_start = out.endswith(b"\n")
+            yield out
         yield b".\r\n" if at_line_start else b"\r\n.\r\n"
     finally:
         os.close(fd)
 
 
 def file_crlf_size(path: str) -> int:
-    """The POP3 size of a message file, reading it once in chunks."""
-    size = 0
-    carry_cr = False
-    last = b""
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(CHUNK):
-            size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+    """The POP3 size of a message file, reading it once (in chunks when it is large)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunk = os.read(fd, CHUNK)
+        if len(chunk) < CHUNK:
+            return crlf_size(chunk)
+        size = 0
+        carry_cr = False
+        last = b""
+        while chunk:
+            size += crlf_size(chunk, final=False)
             if carry_cr and chunk[:1] == b"\n":
                 size -= 1  # a CRLF split across two reads
             carry_cr = chunk.endswith(b"\r")
             last = chunk[-1:]
-    if last and last != b"\n":
-        size += 2
-    return size
+            chunk = os.read(fd, CHUNK)
+    finally:
+        os.close(fd)
+    return size + 2 if last != b"\n" else size
 
 
 def _order(name: str) -> list[str | int]:
