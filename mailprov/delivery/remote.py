@@ -357,6 +357,9 @@ class RemoteCourier:
                 if reused:  # the server closed an idle connection: open a fresh one and go again
                     continue
                 raise SessionError(f"lost connection with {relay} before MAIL FROM") from None
+            except BaseException:  # cancelled, or a bug: the connection's state is unknown, drop it
+                session.smtp.close()
+                raise
             attempt.timings["xfer"] = attempt.timings.get("xfer", 0.0) + (time.monotonic() - xfer_start)
             for rcpt, (code, text) in replies.items():
                 attempt.results[rcpt] = _result_from_reply(code, text, relay, attempt.timings)
@@ -460,6 +463,8 @@ class RemoteCourier:
             raise SessionError(f"{relay}: timed out waiting for the greeting or EHLO reply", enhanced="4.4.2") from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, ConnectionError) as exc:
             smtp.close()
+            if isinstance(exc.__cause__, ssl.SSLError):  # implicit TLS: aiosmtplib wraps the handshake error
+                raise SessionError(f"TLS with {relay} failed: {_tls_reason(exc.__cause__)}", enhanced="4.7.5") from None
             raise SessionError(f"{relay}: lost connection during the greeting: {_one_line(str(exc))}", enhanced="4.4.2") from None
         except aiosmtplib.SMTPResponseException as exc:
             smtp.close()
@@ -467,6 +472,9 @@ class RemoteCourier:
         except (ssl.SSLError, OSError) as exc:  # implicit TLS handshake failures land here
             smtp.close()
             raise SessionError(f"TLS with {relay} failed: {_tls_reason(exc)}", enhanced="4.7.5") from None
+        except BaseException:  # cancelled (the queue is stopping), or a bug: never leak the socket
+            smtp.close()
+            raise
         return Session(smtp, key, relay, tls)
 
     async def _hello(self, smtp: aiosmtplib.SMTP, relay: str) -> None:

@@ -304,3 +304,12 @@ def test_non_ascii_address_needs_smtputf8(knot, out_config):
     with ScriptedPeer("127.0.5.21", SMTP_PORT) as peer:
         assert deliver(out_config(), envelope("jürgen@a.out.test"))["jürgen@a.out.test"].ok
     assert peer.handler.received[0].recipients == ["jürgen@a.out.test"]
+
+
+def test_implicit_tls_with_an_untrusted_certificate_defers(knot, out_config, test_ca):
+    cert = test_ca.issue("relay.out.test", addresses=("127.0.5.41",))
+    transport = {"domain": "a.out.test", "host": "127.0.5.41", "port": 2465, "implicit_tls": True, "tls": "verify"}
+    with ScriptedPeer("127.0.5.41", 2465, implicit_tls=server_context(str(cert.cert), str(cert.key))) as peer:
+        result = deliver(out_config({"transports": [transport]}), envelope("john@a.out.test"))["john@a.out.test"]  # system CAs
+    assert result.outcome is Outcome.TEMPORARY and result.enhanced == "4.7.5" and "certificate" in result.message
+    assert peer.handler.received == []
