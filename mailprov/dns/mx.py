@@ -78,8 +78,21 @@ async def check_mx(source: Source, domain: str) -> MXOutcome:
         return out
     if mxs:
         listed = ", ".join(f"{r.preference} {r.exchange.to_text()}" for r in mxs)
-        out.results.append(CheckResult("mx", Status.PASS, domain, f"MX: {listed}", records=[answer.evidence()]))
-        out.hosts = [r.exchange.to_text().lower() for r in mxs if r.exchange.to_text() != "."]
+        if any(r.exchange.to_text() == "." for r in mxs):
+            out.results.append(
+                CheckResult(
+                    "mx",
+                    Status.FAIL,
+                    domain,
+                    f"a null MX ('.') among other MX records ({listed}): RFC 7505 3 forbids the mix; senders may refuse to deliver",
+                    fix=f"remove '{domain}. MX 0 .' to receive mail, or the other MX records to refuse it",
+                    records=[answer.evidence()],
+                )
+            )
+        else:
+            out.results.append(CheckResult("mx", Status.PASS, domain, f"MX: {listed}", records=[answer.evidence()]))
+        # One host may appear under several preferences: check it once.
+        out.hosts = list(dict.fromkeys(r.exchange.to_text().lower() for r in mxs if r.exchange.to_text() != "."))
     else:
         a, aaaa = await host_addresses(source, fqdn)
         if a.error or aaaa.error:

@@ -59,6 +59,8 @@ deep.ent.wild A 192.0.2.98
 wildmx MX 10 host.wild
 
 nullmx MX 0 .
+mixednull MX 0 .
+mixednull MX 10 mx.good
 implicit A 192.0.2.10
 nomail TXT "no mail here"
 cnamemx MX 10 alias.cnamemx
@@ -140,6 +142,7 @@ def zones() -> dict[str, str]:
 CASES: dict[str, dict[tuple[str, str | None], str]] = {
     "missing": {("domain.exists", None): "fail"},
     "nullmx": {("mx", None): "fail"},
+    "mixednull": {("mx", None): "fail", ("mx.address", "mx.good.zz.test"): "pass"},
     "wildmx": {("mx.address", "host.wild.zz.test"): "pass", ("ptr", "192.0.2.99"): "fail"},
     "implicit": {("mx", None): "warn", ("ptr", "192.0.2.10"): "pass", ("fcrdns", "192.0.2.10"): "pass"},
     "nomail": {("mx", None): "fail"},
