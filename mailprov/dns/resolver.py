@@ -200,8 +200,8 @@ class _Mux(asyncio.DatagramProtocol):
         qname, rdtype, future = entry
         try:
             response = dns.message.from_wire(data)
-        except dns.exception.DNSException:
-            return  # a malformed or forged packet: keep waiting for the real answer
+        except Exception:  # a malformed or forged packet: keep waiting for the real answer
+            return
         if not response.flags & dns.flags.QR or len(response.question) != 1:
             return
         question = response.question[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailprov.dns.zoneserver import serve_zones
 from tests.conftest import require_programs
@@ -221,3 +224,39 @@ def test_answers_match_knot_for_every_name_and_type(knot, zone_files: list[Path]
 def _rrsets(section: list) -> list:  # type: ignore[type-arg]
     """A section comparable across servers: RRsets compare as sets of records; TTLs beside them."""
     return sorted(((r.name.to_text(), r.rdtype, r.ttl, frozenset(rd.to_text() for rd in r)) for r in section), key=str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_packet_is_answered_or_dropped(data: bytes) -> None:
+    from mailprov.dns.zonefile import ZoneSet
+    from mailprov.dns.zoneserver import answer
+
+    zones = _example_zones()
+    reply = answer(zones, data, max_size=512)
+    assert reply is None or len(reply) <= 512
+    # A query header in front of random bytes is more likely to parse far.
+    answer(zones, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + data, max_size=512)
+    assert isinstance(zones, ZoneSet)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_resolver_socket_ignores_garbage(data: bytes) -> None:
+    from mailprov.dns.resolver import _Mux
+
+    async def main() -> None:
+        mux = _Mux()
+        future = asyncio.get_running_loop().create_future()
+        mux.pending[int.from_bytes(data[:2], "big") if len(data) >= 2 else 0] = ("alpha.test.", 15, future)
+        mux.datagram_received(data, ("127.0.2.1", 53))
+        assert not future.done()  # random bytes never make a matching answer to alpha.test. MX
+
+    asyncio.run(main())
+
+
+@functools.cache
+def _example_zones():  # type: ignore[no-untyped-def]
+    from mailprov.dns.zonefile import ZoneSet
+
+    return ZoneSet.from_files(sorted(EXAMPLES.glob("*.zone")))
