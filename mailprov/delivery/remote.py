@@ -542,27 +542,31 @@ class RemoteCourier:
         stage = "MAIL FROM"
         accepted: list[str] = []
         try:
+            # MAIL and RCPT go through aiosmtplib's execute_command with the envelope addresses exactly as
+            # queued: its mail()/rcpt() re-parse them with email.utils.parseaddr, which may rewrite unusual
+            # (but valid) addresses and costs more than the rest of the transaction's Python code.
+            opts = [o.encode("ascii") for o in options]
             try:
-                await smtp.mail(envelope.sender, options=options, encoding=encoding, timeout=timeout)
-            except aiosmtplib.SMTPSenderRefused as exc:
-                if exc.code == 421:
-                    if session.transactions:  # an idle connection the server is timing out: use a fresh one
-                        raise _StaleConnection() from None
-                    raise _Closing(exc.code, exc.message) from None
-                await _rset(smtp, timeout)
-                replies.update({r: (exc.code, exc.message) for r in sendable})
-                return replies, smtp.is_connected
+                reply = await smtp.execute_command(b"MAIL", b"FROM:<" + envelope.sender.encode(encoding) + b">", *opts, timeout=timeout)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 raise _StaleConnection() from None
+            if reply.code != 250:
+                if reply.code == 421:
+                    if session.transactions:  # an idle connection the server is timing out: use a fresh one
+                        raise _StaleConnection() from None
+                    raise _Closing(reply.code, reply.message) from None
+                await _rset(smtp, timeout)
+                replies.update({r: (reply.code, reply.message) for r in sendable})
+                return replies, smtp.is_connected
             stage = "RCPT TO"
             for rcpt in sendable:
-                try:
-                    await smtp.rcpt(rcpt, encoding=encoding, timeout=timeout)
+                reply = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">", timeout=timeout)
+                if reply.code in (250, 251):
                     accepted.append(rcpt)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    replies[rcpt] = (exc.code, exc.message)
-                    if exc.code == 421:
-                        raise _Closing(exc.code, exc.message) from None
+                    continue
+                replies[rcpt] = (reply.code, reply.message)
+                if reply.code == 421:
+                    raise _Closing(reply.code, reply.message) from None
             if not accepted:
                 await _rset(smtp, timeout)
                 return replies, smtp.is_connected
