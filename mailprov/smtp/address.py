@@ -53,7 +53,9 @@ class Address:
     ip_literal: bool = False
 
     def __str__(self) -> str:
-        return f"{self.local}@[{self.domain}]" if self.ip_literal else f"{self.local}@{self.domain}"
+        if self.ip_literal:  # RFC 5321 4.1.3: an IPv6 literal keeps its "IPv6:" tag (the router needs it too)
+            return f"{self.local}@[IPv6:{self.domain}]" if ":" in self.domain else f"{self.local}@[{self.domain}]"
+        return f"{self.local}@{self.domain}"
 
     @property
     def is_ascii(self) -> bool:
