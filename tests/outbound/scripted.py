@@ -41,12 +41,14 @@ class ScriptedHandler:
         self.active = 0
         self.max_active = 0
         self.auth: list[tuple[str, str]] = []
+        self.helo_names: list[str] = []
 
     def _session_no(self, session: Any) -> int:
         return self.sessions.setdefault(id(session), len(self.sessions) + 1)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self._session_no(session)
+        self.helo_names.append(session.host_name)
         reply = self.script.mail(address)
         if reply:
             return reply

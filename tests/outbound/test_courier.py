@@ -50,6 +50,7 @@ def test_delivers_by_mx(knot, out_config):
     assert set(result.timings) >= {"dns", "wait", "connect", "xfer"}
     (got,) = peer.handler.received
     assert got.sender == "alex@example.test" and got.recipients == ["john@a.out.test"]
+    assert peer.handler.helo_names == ["mail.example.test"]  # EHLO with server.hostname
     # Dot-stuffing is undone by the server: the body arrives as sent.
     assert got.content.replace(b"\r\n", b"\n").endswith(b"hello\n.leading dot\n")
 
