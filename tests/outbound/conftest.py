@@ -88,6 +88,9 @@ mx.sts      A   127.0.5.26
 rogue.sts   A   127.0.5.27
 _mta-sts.sts TXT "v=STSv1; id=20261127a;"
 mta-sts.sts A   127.0.5.60
+ststest     MX  10 mx.ststest.out.test.
+mx.ststest  A   127.0.5.28
+_mta-sts.ststest TXT "v=STSv1; id=t1;"
 """
 
 

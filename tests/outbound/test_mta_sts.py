@@ -229,3 +229,17 @@ def test_enforced_policy_keeps_mail_from_unlisted_mx_and_demands_valid_tls(knot,
     with PolicyServer(https), ScriptedPeer("127.0.5.26", SMTP_PORT, tls_context=server_context(str(mx.cert), str(mx.key))) as good:
         delivered = deliver(out_config({"mta_sts": True}), "john@sts.out.test", **kwargs)
     assert delivered.ok and good.handler.received[0].tls
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(("mode", "delivered"), [("testing", True), ("enforce", False)])
+def test_testing_mode_only_reports(knot, out_config, caplog, mode, delivered):
+    # The policy lists another MX than the one the domain uses: 'testing' logs it and delivers anyway.
+    text = f"version: STSv1\nmode: {mode}\nmx: other.ststest.out.test\nmax_age: 600\n"
+    with ScriptedPeer("127.0.5.28", SMTP_PORT) as peer:
+        result = deliver(out_config({"mta_sts": True}), "john@ststest.out.test", sts_fetch=CountingFetch(text))
+    assert result.ok is delivered and len(peer.handler.received) == int(delivered)
+    if delivered:
+        assert "MTA-STS (testing) of ststest.out.test does not list MX mx.ststest.out.test" in caplog.text
+    else:
+        assert result.outcome is Outcome.TEMPORARY and "not allowed by the MTA-STS policy" in result.message
