@@ -292,6 +292,7 @@ class Connection(asyncio.Protocol):
             return
         if not self._closed:
             self._busy = False
+            self._last = self.loop.time()
             self._process()
 
     # -- actions ------------------------------------------------------------------------------
@@ -432,12 +433,14 @@ class Connection(asyncio.Protocol):
         if self._closed or self.transport is None:
             return
         timeout = self.server.config.pop3.idle_timeout
+        if self._busy:  # the server is working for the client (a login, an UPDATE): not idle
+            self._last = self.loop.time()
         idle = self.loop.time() - self._last
         if idle < timeout:
             self._idle = self.loop.call_later(timeout - idle, self._check_idle)
             return
         log.info("closing idle session from %s after %d s (no UPDATE)", self.client, int(idle))
-        if self._write_paused or self._busy:
+        if self._write_paused:  # the client stopped reading: nothing more can be said
             self.abort()
         else:
             self.transport.write(b"-ERR Idle timeout, closing the connection\r\n")
