@@ -29,6 +29,7 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from collections.abc import Callable
@@ -189,11 +190,33 @@ def _deploy(base: Path, echo: Echo) -> float:
         elif text.startswith(("changed", "FAILED", "UNREACH")) or (line.startswith("    ") and not text.startswith(("ok ", "ignored"))):
             echo(f"      {line.strip()}")
 
-    result = run_playbook("site.yml", str(ansible_dir() / "inventories" / "demo"), echo=progress, env={"MAILPROV_DEMO_DIR": str(base)})
+    result = run_playbook(
+        "site.yml",
+        str(ansible_dir() / "inventories" / "demo"),
+        echo=progress,
+        env={"MAILPROV_DEMO_DIR": str(base)},
+        extra_vars=_root_vars(),
+    )
     for line in result.summary().splitlines():
         echo(f"      {line.strip()}")
     result.raise_for_failure("demo deploy")
     return result.elapsed
+
+
+def _root_vars() -> dict | None:
+    """As root, the services drop to the mailprov user, who may not read this Python's standard library
+    (pyenv under /root): give each host a venv of the system Python that links this environment's packages."""
+    if os.geteuid() != 0:
+        return None
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists():
+        raise MailprovError("run as root, the demo needs /usr/bin/python3 for the services", fix="run it as a normal user")
+    return {
+        "mailprov_base_install": "link",
+        "mailprov_base_python": str(system_python),
+        "mailprov_base_venv": "{{ mailprov_base_prefix }}/opt/mailprov/venv",
+        "mailprov_base_venv_site_dirs": [sysconfig.get_paths()["purelib"], str(ansible_dir())],
+    }
 
 
 def _story(base: Path, echo: Echo) -> None:
