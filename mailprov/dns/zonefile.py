@@ -52,7 +52,7 @@ def load_zone(path: Path) -> dns.zone.Zone:
     origin = None if "$ORIGIN" in text.upper() else _origin_from_filename(path)
     try:
         return dns.zone.from_text(text, origin=origin, relativize=False, filename=str(path), check_origin=False)
-    except dns.exception.DNSException as exc:
+    except (dns.exception.DNSException, ValueError) as exc:  # dnspython raises ValueError for e.g. a SOA off the origin
         raise UsageError(f"zone file {path}: {exc}", fix="correct the zone file (BIND master-file syntax, RFC 1035 section 5)") from None
     except OSError as exc:  # an $INCLUDE that cannot be read
         raise UsageError(f"zone file {path}: {exc}", fix="correct the $INCLUDE path") from None

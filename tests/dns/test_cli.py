@@ -88,6 +88,10 @@ def test_bad_zone_file_exits_2(tmp_path: Path) -> None:
     include.write_text("$ORIGIN inc.test.\n$INCLUDE /nonexistent/file\n")
     result = cli("--zone", str(include), "inc.test")
     assert result.exit_code == 2 and "Traceback" not in result.output
+    stray_soa = tmp_path / "x.test.zone"
+    stray_soa.write_text("$ORIGIN x.test.\n@ 300 IN NS ns\nsub 300 IN SOA ns hm 1 2 3 4 5\n")
+    result = cli("--zone", str(stray_soa), "x.test")
+    assert result.exit_code == 2 and "non-origin SOA" in result.output
     binary = tmp_path / "bin.test.zone"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     assert cli("--zone", str(binary), "bin.test").exit_code == 2
