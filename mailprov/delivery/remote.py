@@ -48,6 +48,7 @@ from pathlib import Path
 
 import aiosmtplib
 import dns.asyncresolver
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from mailprov.config import Config
 from mailprov.delivery.base import Envelope, Outcome, Result
@@ -571,17 +572,22 @@ class RemoteCourier:
                 await _rset(smtp, timeout)
                 return replies, smtp.is_connected
             stage = "end of DATA"
-            try:
-                response = await smtp.data(message, timeout=timeout)
-            except aiosmtplib.SMTPDataError as exc:
-                if exc.code == 421:
-                    raise _Closing(exc.code, exc.message) from None
-                for rcpt in accepted:
-                    replies[rcpt] = (exc.code, exc.message)
+            if smtp.supports_extension("chunking"):
+                stage = "BDAT"
+                code, text = await _bdat(smtp, message, timeout)
+            else:
+                try:
+                    response = await smtp.data(message, timeout=timeout)
+                    code, text = response.code, response.message
+                except aiosmtplib.SMTPDataError as exc:
+                    code, text = exc.code, exc.message
+            if code == 421:
+                raise _Closing(code, text)
+            for rcpt in accepted:
+                replies[rcpt] = (code, text)
+            if code != 250:
                 await _rset(smtp, timeout)
                 return replies, smtp.is_connected
-            for rcpt in accepted:
-                replies[rcpt] = (response.code, response.message)
             return replies, True
         except _StaleConnection:
             raise
@@ -641,6 +647,21 @@ class _Closing(Exception):
         super().__init__(text)
         self.code = code
         self.text = text
+
+
+async def _bdat(smtp: aiosmtplib.SMTP, message: bytes, timeout: float) -> tuple[int, str]:
+    """Send the whole message as one ``BDAT n LAST`` chunk (RFC 3030) and read the one reply.
+
+    Against DATA this saves a round trip (no 354) and the dot-stuffing pass. aiosmtplib has no BDAT
+    command, so this uses its protocol object: the command line and the octets go out in one write,
+    and aiosmtplib's reply reader takes the answer (nothing awaits in between, so no reply is missed)."""
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    data = normalize_message_line_endings(message)
+    protocol.write(b"BDAT %d LAST\r\n" % len(data) + data)
+    response = await protocol.read_response(timeout=timeout)
+    return response.code, response.message
 
 
 async def _rset(smtp: aiosmtplib.SMTP, timeout: float) -> None:

@@ -67,6 +67,8 @@ def test_courier_finds_postfix_by_mx_and_verifies_its_certificate(knot, postfix,
     (path,) = wait_until(lambda: maildir_files(postfix, "ann@gamma.test"), what="Postfix's delivery")
     assert b"over verified TLS" in path.read_bytes()
     assert "TLS connection established from" in postfix.log()
+    # Postfix offers CHUNKING: the message went as one BDAT chunk (smtpd counts the commands it saw).
+    assert "bdat=1" in postfix.log() and " data=1" not in postfix.log()
 
 
 def test_tls_requiring_postfix_refuses_plain_text(knot, postfix, out_config):
