@@ -120,6 +120,8 @@ def parse_address(text: str, *, smtputf8: bool = False) -> Address:
         raise AddressError(553, "5.1.3", "Control characters or spaces in address")
     if not text.isascii() and not smtputf8:
         raise AddressError(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+    if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # undecodable bytes (surrogateescape)
+        raise AddressError(553, "5.6.7", "Address is not valid UTF-8")
     local, domain = _split(text)
     if local.startswith('"') and local.endswith('"') and len(local) >= 2:
         local = _unquote(local)
