@@ -97,6 +97,8 @@ class ZoneSet:
     def _wildcard(self, zone: dns.zone.Zone, name: dns.name.Name):  # type: ignore[no-untyped-def]
         """The ``*`` node below the closest encloser of a name that does not exist, if there is one."""
         existing = self._existing[zone.origin]
+        if name == zone.origin:
+            return None  # an apex without records (an empty zone) has no encloser above it to look under
         encloser = name.parent()
         while encloser not in existing and encloser != zone.origin:
             encloser = encloser.parent()
