@@ -298,6 +298,13 @@ def _fetch(address: str, user: str, password: str, token: str) -> bytes | None:
 def up(echo: Echo) -> dict:
     """Run the whole story; leaves the demo running and returns :func:`status`."""
     base = demo_dir()
+    if os.geteuid() == 0:
+        for parent in base.resolve().parents:
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                raise MailprovError(
+                    f"{parent} is not reachable by other users, but run as root the demo services drop to the mailprov user",
+                    fix="set MAILPROV_DEMO_DIR to a directory below /tmp, or run the demo as a normal user",
+                )
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)  # when run as root, the services drop to the mailprov user and must reach their prefix
     for name in HOSTS:
