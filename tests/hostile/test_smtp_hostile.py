@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.hostile.conftest import REPLY_LINE, RawClient, alive
@@ -61,6 +61,8 @@ def _check_reply(reply: list[bytes], sent: bytes) -> None:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(lines=sessions)
+@example(lines=[b"MAIL FROM: <U\x80\x9e@a.b>\r\n", b"RCPT TO:<\xff\r@x>\r\n"])  # once crashed the reply (surrogates)
+@example(lines=[b"MAIL FROM:<a\xb6b@c.d> SMTPUTF8\r\n"])  # once crashed the parser (invalid UTF-8 under SMTPUTF8)
 def test_every_command_gets_a_protocol_reply(hostile_mta, lines: list[bytes]) -> None:
     tree, server = hostile_mta
     client = RawClient(tree.ip, tree.ports["smtp"])
