@@ -312,14 +312,18 @@ class RemoteCourier:
     async def _try_targets(
         self, envelope: Envelope, route: Route, policy: TLSPolicy, attempt: _Attempt, message: bytes
     ) -> SessionError | None:
-        """Try hosts in order until every recipient has an answer; returns the last host failure."""
+        """Try hosts in order until every recipient has an answer. Returns None, or the last host's failure
+        with every host's problem in its message (the DSN and the log then tell the whole attempt)."""
         qid = envelope.queue_id
         last_error: SessionError | None = None
+        problems: list[str] = []
         for hop, address in route.targets():
             if not policy.mx_permitted(hop.name):
                 last_error = SessionError(
                     f"MX host {hop.name} is not allowed by the MTA-STS policy of {route.domain}", code=451, enhanced="4.7.5"
                 )
+                last_error.relay = relay_name(hop, address)
+                problems.append(last_error.message)
                 log.warning("%s: %s", qid, last_error.message)
                 continue
             if policy.sts is not None and policy.sts.mode == "testing" and not policy.sts.permits(hop.name):
@@ -329,10 +333,15 @@ class RemoteCourier:
             except SessionError as exc:
                 exc.relay = relay_name(hop, address)
                 last_error = exc
+                problems.append(exc.message)
                 log.info("%s: %s: %s", qid, exc.relay, exc.message)
                 continue
             if not attempt.recipients:
                 return None
+        if last_error is not None and len(problems) > 1:
+            combined = SessionError("; ".join(problems), code=last_error.code, enhanced=last_error.enhanced)
+            combined.relay = last_error.relay
+            return combined
         return last_error
 
     async def _deliver_via(

@@ -58,6 +58,10 @@ live.fallback A 127.0.5.25
 ; nothing listens anywhere
 dead        MX  10 mx.dead.out.test.
 mx.dead     A   127.0.5.19
+alldead     MX  10 mx1.alldead.out.test.
+alldead     MX  20 mx2.alldead.out.test.
+mx1.alldead A   127.0.5.19
+mx2.alldead A   127.0.5.29
 
 ; no MX: the implicit MX is the domain itself
 implicit    A   127.0.5.15

@@ -145,6 +145,12 @@ def test_nothing_listening_defers_naming_the_host(knot, out_config):
     assert result.relay == "mx.dead.out.test[127.0.5.19]:2525" and "refused" in result.message.lower()
 
 
+def test_every_failed_host_is_named_when_none_works(knot, out_config):
+    result = deliver(out_config(), envelope("john@alldead.out.test"))["john@alldead.out.test"]
+    assert result.outcome is Outcome.TEMPORARY and result.relay == "mx2.alldead.out.test[127.0.5.29]:2525"
+    assert "mx1.alldead.out.test[127.0.5.19]:2525" in result.message and "mx2.alldead.out.test[127.0.5.29]:2525" in result.message
+
+
 def test_next_mx_is_tried_when_the_first_is_down(knot, out_config):
     with ScriptedPeer("127.0.5.25", SMTP_PORT) as peer:
         result = deliver(out_config(), envelope("john@fallback.out.test"))["john@fallback.out.test"]
