@@ -8,6 +8,7 @@ a zone apex are not interpreted: the demo and the pre-flight zones do not use th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,12 @@ def _origin_from_filename(path: Path) -> dns.name.Name:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return dns.name.from_text(name)
+    try:
+        return dns.name.from_text(name)
+    except dns.exception.DNSException:
+        raise UsageError(
+            f"zone file {path}: no $ORIGIN, and its name does not give one", fix="add '$ORIGIN example.org.' or name it example.org.zone"
+        ) from None
 
 
 def load_zone(path: Path) -> dns.zone.Zone:
@@ -49,9 +55,24 @@ def load_zone(path: Path) -> dns.zone.Zone:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read zone file {path}: {exc}", fix="give the path of a readable (text) zone file") from None
-    origin = None if "$ORIGIN" in text.upper() else _origin_from_filename(path)
+    # With an $ORIGIN, dnspython takes the first one as the zone's origin; without (or when it is only in
+    # a comment, so that the zone ends up with none), the file name gives it.
+    zone = None
+    if "$ORIGIN" in text.upper():
+        with contextlib.suppress(dns.zone.UnknownOrigin):
+            zone = _parse(path, text, None)
+    if zone is None or zone.origin is None:
+        zone = _parse(path, text, _origin_from_filename(path))
+    return zone
+
+
+def _parse(path: Path, text: str, origin: dns.name.Name | None) -> dns.zone.Zone:
     try:
         return dns.zone.from_text(text, origin=origin, relativize=False, filename=str(path), check_origin=False)
+    except dns.zone.UnknownOrigin:
+        if origin is None:
+            raise  # the caller retries with the file name's origin
+        raise UsageError(f"zone file {path}: the zone's origin is unknown", fix="add '$ORIGIN example.org.' at the top") from None
     except (dns.exception.DNSException, ValueError) as exc:  # dnspython raises ValueError for e.g. a SOA off the origin
         raise UsageError(f"zone file {path}: {exc}", fix="correct the zone file (BIND master-file syntax, RFC 1035 section 5)") from None
     except OSError as exc:  # an $INCLUDE that cannot be read

@@ -92,6 +92,13 @@ def test_bad_zone_file_exits_2(tmp_path: Path) -> None:
     stray_soa.write_text("$ORIGIN x.test.\n@ 300 IN NS ns\nsub 300 IN SOA ns hm 1 2 3 4 5\n")
     result = cli("--zone", str(stray_soa), "x.test")
     assert result.exit_code == 2 and "non-origin SOA" in result.output
+    nameless = tmp_path / "a..b.zone"
+    nameless.write_text("@ 300 IN A 192.0.2.1\n")
+    assert cli("--zone", str(nameless), "x.test").exit_code == 2
+    comment_only = tmp_path / "c.test.zone"
+    comment_only.write_text("; no $ORIGIN here\n@ 300 IN MX 0 .\n")
+    result = cli("--zone", str(comment_only), "c.test")
+    assert result.exit_code == 1 and "null MX" in result.stdout  # the origin came from the file name
     binary = tmp_path / "bin.test.zone"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     assert cli("--zone", str(binary), "bin.test").exit_code == 2

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import dns.name
+import dns.rdatatype
 import dns.zone
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailprov.dns.dkim import parse_dkim
@@ -16,7 +18,8 @@ from mailprov.dns.mta_sts import parse_mta_sts, parse_tls_rpt
 from mailprov.dns.report import render_junit, render_table
 from mailprov.dns.spf import check_spf, check_spf_sender, is_spf, parse_spf
 from mailprov.dns.tags import parse_tags
-from mailprov.dns.zonefile import ZoneSet, ZoneSource
+from mailprov.dns.zonefile import ZoneSet, ZoneSource, load_zone
+from mailprov.errors import UsageError
 from tests.dns.zones import KEY_512, public_key
 
 
@@ -221,3 +224,56 @@ def test_spf_sender_evaluation(domain: str, address: str, status: Status, words:
 def test_spf_ptr_mechanism_warns() -> None:
     result = asyncio.run(check_spf(_source('@ 300 IN TXT "v=spf1 ptr -all"\n'), "u.test"))
     assert result.status == Status.WARN and "RFC 7208 5.5" in result.summary
+
+
+_ZONE_TOKENS = st.sampled_from(
+    (
+        "$ORIGIN",
+        "$TTL",
+        "$INCLUDE",
+        "@",
+        "x",
+        "*",
+        "x.test.",
+        "300",
+        "IN",
+        "CH",
+        "SOA",
+        "NS",
+        "MX",
+        "A",
+        "AAAA",
+        "TXT",
+        "CNAME",
+        "DNAME",
+        "TYPE65534",
+        "10",
+        "1.2.3.4",
+        "::1",
+        "(",
+        ")",
+        ";c",
+        ".",
+        "-1",
+        "99999999999",
+        "ns",
+        "\\# 2 abcd",
+        '"txt"',
+        "\n",
+    )
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_ZONE_TOKENS, max_size=25))
+def test_zone_files_load_or_give_a_usage_error(tmp_path_factory, tokens: list[str]) -> None:
+    path = tmp_path_factory.mktemp("fz") / "x.test.zone"
+    path.write_text(" ".join(tokens))
+    try:
+        zone = load_zone(path)
+    except UsageError:
+        return
+    zones = ZoneSet([zone])
+    for name in ("x.test.", "a.x.test.", "b.a.x.test."):
+        for rdtype in ("A", "MX", "TXT", "CNAME", "SOA"):
+            zones.lookup(dns.name.from_text(name), dns.rdatatype.from_text(rdtype))
