@@ -213,3 +213,16 @@ def test_restart_keeps_each_recipients_state(knot, servers):
     assert len(good.handler.received) == 1  # not sent again after the restart
     assert [r.recipients for r in flaky.handler.received] == [["mary@b.out.test"]]
     assert "status=sent" in proc2.log()
+
+
+def test_a_bounce_is_never_bounced(knot, servers):
+    alpha = alpha_tree(knot, port=SMTP_PORT)
+    with ScriptedPeer("127.0.5.21", SMTP_PORT, Script(rcpt=lambda a: "550 5.1.1 no such user")):
+        proc = servers(alpha)
+        with smtplib.SMTP(alpha.ip, alpha.ports["smtp"], timeout=10) as client:
+            client.sendmail("", ["john@a.out.test"], "From: MAILER-DAEMON@elsewhere.test\r\nSubject: a bounce\r\n\r\nx\r\n")
+        wait_until(lambda: "status=bounced" in proc.log(), what="the permanent failure")
+        wait_until(lambda: "removed" in proc.log(), what="the message to leave the queue")
+    assert "the sender is <>" in proc.log()
+    assert alpha.maildir_files("alex@alpha.test") == []
+    assert not alpha.queue_files("incoming") and not alpha.queue_files("deferred")
