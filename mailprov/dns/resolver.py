@@ -93,7 +93,11 @@ class Answer:
             Status.ERROR,
             subject,
             f"could not complete: {self.error}",
-            fix="check that the resolver (or name server) is reachable and answering, or raise --timeout, then run again",
+            fix=(
+                "add the zone file that holds the name with --zone, or give a --resolver to ask for it"
+                if self.server == "zone files"
+                else "check that the resolver (or name server) is reachable and answering, or raise --timeout, then run again"
+            ),
             records=[self.evidence()],
         )
 

@@ -166,7 +166,7 @@ def test_bundled_demo_zones_pass_offline() -> None:
 def test_zone_mode_without_the_reverse_zone_is_incomplete() -> None:
     result = cli("--zone", str(EXAMPLES / "alpha.test.zone"), "alpha.test")
     assert result.exit_code == 3
-    assert "in none of the zone files" in result.stdout
+    assert "in none of the zone files" in result.stdout and "fix: add the zone file" in result.stdout
 
 
 def test_closed_port_resolver_exits_3() -> None:
