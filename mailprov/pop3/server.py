@@ -67,7 +67,8 @@ class POP3Server:
         self.trusted = [ipaddress.ip_network(n) for n in config.pop3.plaintext_networks]
         self.default_domain = config.server.domains[0] if len(config.server.domains) == 1 else None
         self.connections: set[Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # logins and TLS handshakes: cancelled on stop
+        self.update_tasks: set[asyncio.Task[None]] = set()  # UPDATE states in progress: finished on stop
         self._servers: list[asyncio.base_events.Server] = []
         self._verify_slots: asyncio.Semaphore | None = None
 
@@ -108,8 +109,11 @@ class POP3Server:
             server.close()
         for conn in list(self.connections):
             conn.abort()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=10)
+        for task in list(self.tasks):
+            task.cancel()
+        pending = list(self.tasks | self.update_tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=30)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -149,6 +153,7 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False  # paused by us because too much pipelined input waits
         self._closed = False
+        self._eof = False  # the client half-closed its side
         self._counted = False
         self._updating = False
         self._body: Iterator[bytes] | None = None  # the rest of a large message being streamed
@@ -193,7 +198,11 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too: a half-closed client gets no UPDATE
+        # A client may pipeline its last commands (say DELE and QUIT) and half-close at once: answer
+        # what it sent, then close. Without QUIT among them, nothing is deleted (RFC 1939).
+        self._eof = True
+        self._process()
+        return None if self._closed else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -256,6 +265,9 @@ class Connection(asyncio.Protocol):
         if self._read_paused and len(self._buffer) < MAX_BUFFER // 2 and not self._closed:
             self._read_paused = False
             self.transport.resume_reading()
+        if self._eof and not (self._busy or self._closed or self._body is not None):
+            self._closed = True  # the client half-closed and everything it sent is answered
+            self.transport.close()
 
     def _run(self, actions: list[Action]) -> None:
         assert self.transport is not None
@@ -275,13 +287,17 @@ class Connection(asyncio.Protocol):
                 self._buffer.clear()
                 self._spawn(self._start_tls())
             elif isinstance(action, Update):
-                self._spawn(self._update())
+                # Set now, not when the task starts: a client that sends QUIT and closes at once still
+                # gets its UPDATE (connection_lost must not release the mailbox first).
+                self._updating = True
+                self._spawn(self._update(), update=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, update: bool = False) -> None:
         self._busy = True
         task = self.loop.create_task(self._guard(coro))
-        self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        tasks = self.server.update_tasks if update else self.server.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
@@ -406,7 +422,6 @@ class Connection(asyncio.Protocol):
 
     async def _update(self) -> None:
         assert self.session is not None and self.mailbox is not None
-        self._updating = True
         mailbox = self.mailbox
         try:
             result = await asyncio.to_thread(mailbox.commit)

@@ -218,3 +218,30 @@ def test_large_mailbox(pop3_server):
     _, lines, _ = client.retr(count)
     assert lines[0] == b"Subject: %d" % (count - 1)
     client.quit()
+
+
+def test_pipelined_quit_then_half_close_still_updates(pop3_server):
+    box = user_maildir(pop3_server.config, "john@example.test")
+    deliver(box, message(1))
+    deliver(box, message(2))
+    raw = Raw(pop3_server.plain)
+    raw.line()
+    # Everything at once, then shut our sending side (as `printf ... | nc` does) while the login runs.
+    raw.send(f"USER john@example.test\r\nPASS {PASSWORD}\r\nDELE 1\r\nQUIT\r\n".encode())
+    raw.sock.shutdown(socket.SHUT_WR)
+    replies = [raw.line() for _ in range(4)]
+    assert all(r.startswith(b"+OK") for r in replies) and b"1 messages deleted" in replies[-1]
+    assert raw.closed()
+    assert len(list((box / "new").iterdir())) == 1
+
+
+def test_half_close_without_quit_deletes_nothing(pop3_server):
+    box = user_maildir(pop3_server.config, "john@example.test")
+    deliver(box, message(1))
+    raw = Raw(pop3_server.plain)
+    raw.line()
+    raw.send(f"USER john@example.test\r\nPASS {PASSWORD}\r\nDELE 1\r\n".encode())
+    raw.sock.shutdown(socket.SHUT_WR)
+    assert [raw.line()[:3] for _ in range(3)] == [b"+OK"] * 3
+    assert raw.closed()
+    assert len(list((box / "new").iterdir())) == 1
