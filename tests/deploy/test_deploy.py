@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from mailprov.deploy.runner import run_playbook
 from tests.deploy import lab
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -197,3 +198,33 @@ def test_teardown_helper_stops_services(deployed, tmp_path: Path) -> None:
                 [sys.executable, "-m", "mailprov.deploy.daemon", "status", "--pidfile", str(pidfile)], capture_output=True, text=True
             )
             assert status.returncode == 0 and status.stdout.startswith("running pid"), (host.name, service, status.stdout)
+
+
+def test_users_playbook_takes_passwords_from_ansible_vault(deployed) -> None:
+    """playbooks/users.yml adds mary@beta.test with a vault-encrypted password; she can then log in over POP3S."""
+    beta = deployed.host("mail.beta.test")
+    vault_pass = deployed.root / "vault-pass"
+    vault_pass.write_text("lab-vault-secret\n")
+    vault = str(Path(sys.executable).with_name("ansible-vault"))
+    encrypted = subprocess.run(
+        [vault, "encrypt_string", "--vault-password-file", str(vault_pass), "--name", "password", "mary-vault-secret"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    block = "\n".join("      " + line for line in encrypted.strip().splitlines())
+    extra = deployed.root / "mary.yml"
+    extra.write_text(f"mailprov_users_list:\n  - address: mary@beta.test\n{block.replace('      password', '    password', 1)}\n")
+    env = {"ANSIBLE_VAULT_PASSWORD_FILE": str(vault_pass)}
+    result = run_playbook("users.yml", str(deployed.inventory), limit="mail.beta.test", env=env, extra_args=["-e", f"@{extra}"])
+    assert result.ok, "\n".join(result.output[-20:]) + str(result.failures)
+    assert ("mail.beta.test", "mailprov_users : Bring users and aliases to the listed state") in result.changed_tasks()
+    assert "mary-vault-secret" not in "\n".join(str(e) for e in result.events)  # no_log keeps it out of the output
+    pop = poplib.POP3_SSL(beta.address, lab.PORTS["pop3s"], context=_client_tls(), timeout=30)
+    try:
+        pop.user("mary@beta.test")
+        assert pop.pass_("mary-vault-secret").startswith(b"+OK")
+    finally:
+        pop.quit()
+    again = run_playbook("users.yml", str(deployed.inventory), limit="mail.beta.test", env=env, extra_args=["-e", f"@{extra}"])
+    assert again.ok and again.changed_tasks() == []
