@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.peers.mailprov_server import MailprovTree, free_port, run_mailprov  # noqa: E402
-from tests.peers.postfix import PostfixPeer  # noqa: E402
+from tests.peers.mailprov_server import MailprovTree, free_port, run_mailprov
+from tests.peers.postfix import PostfixPeer
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 USER = "john@beta.test"
@@ -61,7 +61,8 @@ def drive(host: str, port: int, maildir_new: Path, messages: int, sessions: int,
 
 def bench_mailprov(args: argparse.Namespace) -> tuple[float, float]:
     ip = "127.0.3.230"
-    tree = MailprovTree.create(hostname="mx.beta.test", domains=["beta.test", "alpha.test"], ip=ip, smtp={"max_connections_per_client": 100})
+    smtp = {"max_connections_per_client": 100, "processes": args.processes}
+    tree = MailprovTree.create(hostname="mx.beta.test", domains=["beta.test", "alpha.test"], ip=ip, smtp=smtp)
     try:
         tree.add_user(USER, "bench-password")
         server = run_mailprov(tree.config_path)
@@ -89,11 +90,13 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--only", choices=("mailprov", "postfix"))
+    parser.add_argument("--processes", type=int, default=0, help="mailprov smtp.processes (0: one per CPU, the default)")
     args = parser.parse_args()
     if not Path(SMTP_SOURCE).exists():
         print("smtp-source (Debian package postfix) is not installed: nothing to measure", file=sys.stderr)
         return 1
-    print(f"load: {args.messages} messages x {args.size} bytes, {args.sessions} sessions, smtp-source, one local user, {os.cpu_count()} CPUs")
+    print(f"load: {args.messages} messages x {args.size} bytes, {args.sessions} sessions, smtp-source, one local user")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     figures: dict[str, tuple[float, float]] = {}
     if args.only in (None, "mailprov"):
         figures["mailprov"] = bench_mailprov(args)

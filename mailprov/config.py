@@ -132,8 +132,11 @@ class SMTPConfig:
     max_hops: int = doc("Received headers after which a message is refused as a mail loop.", 50)
     auth_failure_delay: float = doc("Seconds added to each failed AUTH reply, growing per failure from that client.", 1.0)
     max_auth_failures: int = doc("Failed AUTH attempts from one client before it is disconnected.", 5)
+    processes: int = doc("SMTP session processes: 1 runs all in one; N > 1 starts N workers fed by the main process; 0 is one per CPU.", 0)
 
     def validate(self) -> None:
+        if self.processes < 0:
+            raise ConfigError("smtp.processes", f"must be 0 or more, got {self.processes}", "use 0 (one per CPU), 1, or the number of CPUs")
         for name in ("listen", "submission_listen", "submissions_listen"):
             for i, value in enumerate(getattr(self, name)):
                 parse_hostport(value, key=f"smtp.{name}[{i}]")

@@ -85,8 +85,9 @@ def targets_for(directory: Directory, address: str, resolution: Resolution | Non
 
 def delays_for(item: QueueItem, start: float, end: float, result: Result) -> tuple[float, tuple[float, float, float, float]]:
     """``delay`` and Postfix's ``delays=a/b/c/d`` for one attempt (see mailprov.maillog)."""
-    before = max(0.0, item.queued - item.arrival)
-    waiting = max(0.0, start - item.queued)
+    queued = item.queued if item.queued > 0 else item.arrival
+    before = max(0.0, queued - item.arrival)
+    waiting = max(0.0, start - queued)
     setup = sum(v for k, v in result.timings.items() if k != "xfer")
     xfer = result.timings.get("xfer", max(0.0, end - start - setup))
     return end - item.arrival, (before, waiting, setup, xfer)
@@ -183,9 +184,9 @@ class QueueRunner:
     async def enqueue(self, item: QueueItem, message: bytes) -> None:
         """Make a new item durable in ``incoming/`` (file and directory fsynced), log it, schedule it now."""
         item.size = item.size or len(message)
+        item.queued = item.queued or self.clock()  # recorded in the file; durable a few ms later
         await self.io.run(self.store.write_new, item, message)
         await self.io.sync_dir(self.store.dir("incoming"))
-        item.queued = item.queued or self.clock()
         maillog.emit(
             maillog.queued_line(item.id, item.sender, item.size, len(item.recipients), client=item.client, sasl_username=item.auth_user)
         )
@@ -194,6 +195,11 @@ class QueueRunner:
     def submit(self, item: QueueItem, message: bytes | None) -> None:
         """Hand an item that is durable in ``incoming/`` to the workers (its bytes avoid a re-read)."""
         self._push(_Job(item.id, "incoming", item, message))
+
+    def notify(self, queue_id: str) -> None:
+        """An item another process made durable in ``incoming/`` (an SMTP worker): deliver it now."""
+        if len(queue_id) == 18 and all(c in "0123456789ABCDEF" for c in queue_id):
+            self._push(_Job(queue_id, "incoming"))
 
     def flush(self) -> None:
         """Make every deferred item due now (``mailprov queue flush`` does the same through the disk)."""

@@ -21,17 +21,19 @@ import asyncio
 import collections
 import logging
 import re
+import socket
 import ssl
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
 from mailprov.config import Config, parse_hostport
 from mailprov.delivery.local import LocalCourier
-from mailprov.queue.runner import QueueRunner
-from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
+from mailprov.queue.store import QueueItem
+from mailprov.smtp.auth import AuthLimiter
 from mailprov.smtp.handler import SMTPHandler
 from mailprov.users import Directory
 
@@ -91,11 +93,21 @@ class SMTPContext:
 
     config: Config
     directory: Directory
-    runner: QueueRunner
+    runner: Enqueuer  # the QueueRunner, or in a worker process the channel to the master's
     local: LocalCourier
     tls_context: ssl.SSLContext | None
     auth_limiter: AuthLimiter
-    connections: ConnectionLimiter
+    connections: Limiter  # a ConnectionLimiter, or in a worker process the master's via the channel
+
+
+class Enqueuer(Protocol):
+    async def enqueue(self, item: QueueItem, message: bytes) -> None: ...
+
+
+class Limiter(Protocol):
+    def acquire(self, client: str) -> str | None: ...
+
+    def release(self, client: str) -> None: ...
 
 
 class MailprovSMTP(SMTP):
@@ -104,6 +116,7 @@ class MailprovSMTP(SMTP):
     # Method tables aiosmtpd rebuilds with inspect.getmembers() for every connection (a sixth of our CPU
     # under a connection-per-message load); built once per handler class here. test_server_init
     # checks the result is the same as aiosmtpd's own constructor.
+    live: ClassVar[int] = 0  # open sessions in this process (a stopping worker waits for them)
     _tables: ClassVar[dict[type, tuple[list[str], list[tuple[str, str, bool]], list[str]]]] = {}
 
     def __init__(
@@ -124,6 +137,7 @@ class MailprovSMTP(SMTP):
         self._errors = 0
         self._in_ehlo = False
         self._slot = False
+        self._counted = False
         self._refusal: str | None = None
 
     def _fast_init(
@@ -215,9 +229,14 @@ class MailprovSMTP(SMTP):
             self.client_ip = str(peer[0]) if peer else ""
             self._refusal = self.ctx.connections.acquire(self.client_ip)
             self._slot = self._refusal is None
+            self._counted = True
+            MailprovSMTP.live += 1
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            MailprovSMTP.live -= 1
         if self._slot:
             self._slot = False
             self.ctx.connections.release(self.client_ip)
@@ -259,49 +278,58 @@ class MailprovSMTP(SMTP):
                 self.close()
 
 
-async def create_servers(ctx: SMTPContext) -> list[asyncio.Server]:
-    """Bind every configured listener (not yet serving: call ``start_serving`` after dropping privileges)."""
+def bind_listeners(config: Config) -> list[tuple[str, socket.socket]]:
+    """Bind every configured listener: (mode, listening socket). Done as root, before the privilege drop."""
+    listeners = [("mx", a) for a in config.smtp.listen]
+    listeners += [("submission", a) for a in config.smtp.submission_listen]
+    listeners += [("submissions", a) for a in config.smtp.submissions_listen]
+    bound: list[tuple[str, socket.socket]] = []
+    try:
+        for mode, address in listeners:
+            host, port = parse_hostport(address, key=f"smtp.{mode}")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=512, reuse_port=False)
+            bound.append((mode, sock))
+            log.info("listening on %s (%s)", address, mode)
+    except OSError:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def make_factory(ctx: SMTPContext, mode: str) -> Callable[[], MailprovSMTP]:
+    """The protocol factory for one listener mode."""
     cfg = ctx.config
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
-    listeners = [("mx", a) for a in cfg.smtp.listen]
-    listeners += [("submission", a) for a in cfg.smtp.submission_listen]
-    listeners += [("submissions", a) for a in cfg.smtp.submissions_listen]
-    for mode, address in listeners:
-        host, port = parse_hostport(address, key="smtp.listen")
-        handler = SMTPHandler(ctx, mode)
-        implicit = mode == "submissions"
+    handler = SMTPHandler(ctx, mode)
+    implicit = mode == "submissions"
 
-        def factory(handler: SMTPHandler = handler, mode: str = mode, implicit: bool = implicit) -> MailprovSMTP:
-            return MailprovSMTP(
-                handler,
-                ctx=ctx,
-                implicit_tls=implicit,
-                hostname=cfg.server.hostname,
-                ident=IDENT,
-                data_size_limit=cfg.smtp.max_message_size,
-                enable_SMTPUTF8=True,
-                tls_context=None if implicit else ctx.tls_context,
-                require_starttls=mode == "submission",
-                auth_required=mode != "mx",
-                auth_require_tls=not implicit,
-                timeout=float(cfg.smtp.command_timeout),
-                loop=loop,
-            )
+    def factory() -> MailprovSMTP:
+        return MailprovSMTP(
+            handler,
+            ctx=ctx,
+            implicit_tls=implicit,
+            hostname=cfg.server.hostname,
+            ident=IDENT,
+            data_size_limit=cfg.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            tls_context=None if implicit else ctx.tls_context,
+            require_starttls=mode == "submission",
+            auth_required=mode != "mx",
+            auth_require_tls=not implicit,
+            timeout=float(cfg.smtp.command_timeout),
+            loop=loop,
+        )
 
-        try:
-            server = await loop.create_server(
-                factory,
-                host=host,
-                port=port,
-                ssl=ctx.tls_context if implicit else None,
-                reuse_address=True,
-                start_serving=False,
-            )
-        except OSError:
-            for s in servers:
-                s.close()
-            raise
-        log.info("listening on %s (%s)", address, mode)
-        servers.append(server)
+    return factory
+
+
+async def create_servers(ctx: SMTPContext, listeners: list[tuple[str, socket.socket]]) -> list[asyncio.Server]:
+    """asyncio servers on bound listeners (not yet serving: call ``start_serving`` after the drop)."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for mode, sock in listeners:
+        ssl_context = ctx.tls_context if mode == "submissions" else None
+        servers.append(await loop.create_server(make_factory(ctx, mode), sock=sock, ssl=ssl_context, start_serving=False))
     return servers

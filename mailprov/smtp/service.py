@@ -12,7 +12,11 @@ import asyncio
 import logging
 import os
 import pwd
+import signal
+import socket
+import ssl
 import time
+from pathlib import Path
 
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
@@ -20,8 +24,9 @@ from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner, load_remote_courier
 from mailprov.queue.store import STATES, QueueStore
 from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
-from mailprov.smtp.server import SMTPContext, create_servers
-from mailprov.tls import server_context
+from mailprov.smtp.server import Enqueuer, Limiter, SMTPContext, bind_listeners, create_servers
+from mailprov.smtp.workers import WorkerPool, tls_memfd
+from mailprov.tls import certificate_paths, server_context
 from mailprov.users import AliasDB, Directory, UserDB
 
 log = logging.getLogger("mailprov.smtp")
@@ -52,43 +57,72 @@ class ThrottledAliasDB(_Throttled, AliasDB):
 
 
 class SMTPService:
-    """The service contract (``name``, ``start``, ``stop``) around the SMTP server and the queue."""
+    """The service contract (``name``, ``start``, ``stop``) around the SMTP server and the queue.
+
+    With ``smtp.processes`` 1 everything runs in this process. Otherwise this process accepts the
+    connections and runs the queue, and worker processes run the sessions (mailprov.smtp.workers).
+    """
 
     name = "smtp"
 
-    def __init__(self, config: Config, *, wait_for_drop: bool | None = None) -> None:
+    def __init__(self, config: Config, *, wait_for_drop: bool | None = None, worker: bool = False) -> None:
         self.config = config
         users, aliases = ThrottledUserDB(config.paths.users_file), ThrottledAliasDB(config.paths.aliases_file)
         self.directory = Directory(users, aliases, config.server.domains)
         self.io = DiskIO(threads=8)
         self.store = QueueStore(config.paths.queue_dir)
         self.local = LocalCourier(config, self.directory, io=self.io)
-        self.remote = load_remote_courier(config)
-        self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
+        self.connections = ConnectionLimiter(config.smtp.max_connections, config.smtp.max_connections_per_client)
+        if not worker:
+            self.remote = load_remote_courier(config)
+            self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
+        self.processes = config.smtp.processes or os.cpu_count() or 1
+        if not Path(config.source).is_file():
+            self.processes = 1  # workers load the configuration file: in-memory configurations run in one process
         self.servers: list[asyncio.Server] = []
+        self.pool: WorkerPool | None = None
+        self._listeners: list[tuple[str, socket.socket]] = []
+        self._tls_fd: int | None = None
         self.ready = asyncio.Event()
         self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
         self._go_task: asyncio.Task[None] | None = None
+
+    def context(
+        self, tls_context: ssl.SSLContext | None, *, runner: Enqueuer | None = None, connections: Limiter | None = None
+    ) -> SMTPContext:
+        """What the SMTP sessions of this process share."""
+        return SMTPContext(
+            config=self.config,
+            directory=self.directory,
+            runner=runner or self.runner,
+            local=self.local,
+            tls_context=tls_context,
+            auth_limiter=AuthLimiter(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
+            connections=connections or self.connections,
+        )
 
     async def start(self) -> None:
         """Bind the listeners; start serving and the queue now, or after the privilege drop."""
         self.store.ensure_dirs()
         if os.geteuid() == 0:
             self._chown_queue()
-        ctx = SMTPContext(
-            config=self.config,
-            directory=self.directory,
-            runner=self.runner,
-            local=self.local,
-            tls_context=server_context(self.config),
-            auth_limiter=AuthLimiter(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
-            connections=ConnectionLimiter(self.config.smtp.max_connections, self.config.smtp.max_connections_per_client),
-        )
-        self.servers = await create_servers(ctx)
+        tls_context = server_context(self.config)  # generates a self-signed certificate if needed
+        self._listeners = bind_listeners(self.config)
+        if self.processes > 1:
+            cert, key = certificate_paths(self.config)
+            self._tls_fd = tls_memfd(str(cert), str(key))  # read while still root
+            self.pool = WorkerPool(self, self.processes, self._tls_fd)
+            await self.pool.spawn()
+        else:
+            self.servers = await create_servers(self.context(tls_context), self._listeners)
         if self.wait_for_drop:
             self._go_task = asyncio.get_running_loop().create_task(self._go_after_drop())
         else:
             await self._go()
+
+    async def runner_less_start(self) -> None:
+        """A worker process's start: nothing to resume (the master runs the queue)."""
+        self.ready.set()
 
     def _chown_queue(self) -> None:
         try:
@@ -107,18 +141,27 @@ class SMTPService:
             await asyncio.sleep(0.01)
         if os.geteuid() == 0:
             log.warning("still root after %.0f s: serving anyway", DROP_WAIT)
-        await self._go()
+        try:
+            await self._go()
+        except Exception as exc:  # nothing else would see it: end the process with the reason
+            log.critical("SMTP service failed to start serving: %s", exc, exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def _go(self) -> None:
         await self.runner.start()
-        for server in self.servers:
-            await server.start_serving()
+        if self.pool is not None:
+            await self.pool.serve(self._listeners)
+        else:
+            for server in self.servers:
+                await server.start_serving()
         self.ready.set()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight deliveries finish (bounded), release resources."""
+        """Stop accepting, let sessions and in-flight deliveries finish (bounded), release resources."""
         if self._go_task is not None:
             self._go_task.cancel()
+        if self.pool is not None:
+            await self.pool.stop()
         for server in self.servers:
             server.close()
         for server in self.servers:
@@ -126,5 +169,10 @@ class SMTPService:
                 await asyncio.wait_for(server.wait_closed(), timeout=5)
             except TimeoutError:
                 log.warning("some SMTP sessions did not end within 5 s")
+        for _, sock in self._listeners:
+            sock.close()
+        if self._tls_fd is not None:
+            os.close(self._tls_fd)
+            self._tls_fd = None
         await self.runner.stop()
         self.io.close()

@@ -24,6 +24,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -205,16 +206,21 @@ class MailprovProcess:
         return self.proc.returncode
 
 
-def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll until ``host:port`` answers with a 220 banner (bounded by ``deadline``)."""
+def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False) -> None:
+    """Poll until ``host:port`` answers with a 220 banner (bounded by ``deadline``); for an implicit-TLS
+    port (``tls``) a completed TLS handshake is the proof."""
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode} before {host}:{port} answered")
         try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                if port_is_tls(s, host, port):
-                    return
+            with socket.create_connection((host, port), timeout=2, source_address=(host, 0)) as s:
+                if tls:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    with context.wrap_socket(s, server_hostname=host):
+                        return
                 banner = s.recv(512)
                 if banner.startswith(b"220"):
                     return
@@ -223,18 +229,6 @@ def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Pope
             last = exc
         time.sleep(0.05)
     raise TimeoutError(f"{host}:{port} did not answer 220 in time: {last}")
-
-
-def port_is_tls(sock: socket.socket, host: str, port: int) -> bool:
-    """Implicit-TLS ports say nothing until the handshake; a connect is proof enough for them."""
-    sock.settimeout(0.3)
-    try:
-        data = sock.recv(1, socket.MSG_PEEK)
-    except TimeoutError:
-        return True
-    finally:
-        sock.settimeout(2)
-    return not data
 
 
 def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 30.0, env: dict[str, str] | None = None) -> MailprovProcess:
@@ -254,9 +248,12 @@ def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 
     deadline = time.monotonic() + timeout
     try:
         if services in ("smtp", "all"):
-            for address in config.smtp.listen + config.smtp.submission_listen + config.smtp.submissions_listen:
+            for address in config.smtp.listen + config.smtp.submission_listen:
                 host, port = config_mod.parse_hostport(address, key="smtp")
                 wait_for_banner(host, port, deadline, proc)
+            for address in config.smtp.submissions_listen:
+                host, port = config_mod.parse_hostport(address, key="smtp")
+                wait_for_banner(host, port, deadline, proc, tls=True)
     except BaseException as exc:
         server.stop()
         raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None

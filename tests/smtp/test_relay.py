@@ -52,7 +52,8 @@ def srv():
         hostname="mx.beta.test",
         domains=["beta.test", "alpha.test"],
         ip=IP,
-        smtp={"trusted_networks": ["127.0.3.200/29"], "auth_failure_delay": 0.05},
+        # One process here (the in-process server path); the other modules run with worker processes.
+        smtp={"trusted_networks": ["127.0.3.200/29"], "auth_failure_delay": 0.05, "processes": 1},
         outbound={"transports": [{"domain": "*", "host": "127.0.3.14", "port": 9, "tls": "none"}]},
     )
     tree.add_user("john@beta.test", "john-secret")
