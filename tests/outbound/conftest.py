@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import require_programs
 from tests.outbound.pki import TestCA
+from tests.peers.mailprov_server import MailprovTree, run_mailprov
 
 DNS_ADDR, DNS_PORT = "127.0.5.53", 5353
 SMTP_PORT = 2525
@@ -195,3 +196,20 @@ def test_ca():
     directory = world_readable_dir("mailprov-out-ca-")
     yield TestCA(directory)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def servers():
+    """Start mailprov servers; every one started is stopped and its tree removed afterwards."""
+    started = []
+
+    def start(tree: MailprovTree, **kwargs):
+        proc = run_mailprov(tree.config_path, **kwargs)
+        started.append((tree, proc))
+        return proc
+
+    yield start
+    for _tree, proc in started:
+        proc.stop()
+    for tree, _ in started:
+        tree.cleanup()

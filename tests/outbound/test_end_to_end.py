@@ -3,105 +3,20 @@ delay warnings and a restart, against real peers (our own MTA, scripted aiosmtpd
 
 from __future__ import annotations
 
-import email
-import email.policy
 import smtplib
 import ssl
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import dkim
-import dns.resolver
 import pytest
 
 from mailprov.queue.store import parse
 from tests.conftest import require_programs
-from tests.outbound.conftest import ALPHA_IP, BETA_IP, DKIM_SELECTOR, DNS_ADDR, DNS_PORT, SMTP_PORT
+from tests.outbound.conftest import BETA_IP, DKIM_SELECTOR, SMTP_PORT
+from tests.outbound.e2e import alpha_tree, dsn_parts, knot_txt, lines_for, queue_id_of, relay, wait_until
 from tests.outbound.scripted import Script, ScriptedPeer
-from tests.peers.mailprov_server import MailprovTree, run_mailprov
+from tests.peers.mailprov_server import MailprovTree
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
-    """Poll ``predicate`` every 0.1 s until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def knot_txt(name: bytes, timeout: float = 5) -> bytes | None:
-    """dkimpy's DNS hook, answered by the test Knot."""
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [DNS_ADDR]
-    resolver.port = DNS_PORT
-    try:
-        answer = resolver.resolve(name.decode(), "TXT")
-    except dns.exception.DNSException:
-        return None
-    return b"".join(b"".join(r.strings) for r in answer)
-
-
-@pytest.fixture
-def servers():
-    """Start mailprov servers; every one started is stopped and its tree removed afterwards."""
-    started = []
-
-    def start(tree: MailprovTree, **kwargs):
-        proc = run_mailprov(tree.config_path, **kwargs)
-        started.append((tree, proc))
-        return proc
-
-    yield start
-    for _tree, proc in started:
-        proc.stop()
-    for tree, _ in started:
-        tree.cleanup()
-
-
-def alpha_tree(knot, *, port: int, outbound: dict | None = None, queue: dict | None = None) -> MailprovTree:
-    """alex's server: mail.alpha.test on 127.0.5.100, its MX lookups answered by the test Knot."""
-    values = {"resolvers": [f"{DNS_ADDR}:{DNS_PORT}"], "port": port, "connect_timeout": 5, "command_timeout": 10}
-    values.update(outbound or {})
-    tree = MailprovTree.create(
-        hostname="mail.alpha.test",
-        domains=["alpha.test"],
-        ip=ALPHA_IP,
-        outbound=values,
-        queue={"scan_interval": 0.5, "retry_min": 1, "retry_max": 2, **(queue or {})},
-    )
-    tree.add_user("alex@alpha.test", "alex-pw")
-    return tree
-
-
-def relay(tree: MailprovTree, rcpts: list[str], subject: str = "test") -> None:
-    """Hand a message to alex's server on port 25 from a trusted (loopback) network."""
-    body = f"From: alex@alpha.test\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\nHello.\r\n"
-    with smtplib.SMTP(tree.ip, tree.ports["smtp"], timeout=10) as client:
-        client.sendmail("alex@alpha.test", rcpts, body)
-
-
-def queue_id_of(line: str) -> str:
-    """The queue id of a delivery line (``... INFO QID: to=<...>``)."""
-    return line.split(": to=<")[0].split()[-1]
-
-
-def lines_for(log_text: str, qid: str) -> list[str]:
-    return [line for line in log_text.splitlines() if qid and qid in line]
-
-
-def dsn_parts(path: Path) -> tuple[email.message.Message, str]:
-    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
-    status = ""
-    for part in msg.walk():
-        if part.get_content_type() == "message/delivery-status":
-            status = "\n".join(str(p) for p in part.get_payload())
-    return msg, status
 
 
 def test_alex_to_john_by_mx_dkim_signed(knot, servers):

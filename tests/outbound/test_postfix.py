@@ -13,7 +13,7 @@ from mailprov.delivery.base import Envelope, Outcome
 from mailprov.delivery.remote import RemoteCourier
 from tests.conftest import require_programs
 from tests.outbound.conftest import DKIM_SELECTOR, DNS_ADDR, DNS_PORT, POSTFIX_IP, SMTP_PORT
-from tests.outbound.test_end_to_end import alpha_tree, knot_txt, servers, wait_until  # noqa: F401 (servers is a fixture)
+from tests.outbound.e2e import alpha_tree, knot_txt, wait_until
 from tests.peers.postfix import PostfixPeer
 
 pytestmark = pytest.mark.peers
@@ -77,7 +77,7 @@ def test_tls_requiring_postfix_refuses_plain_text(knot, postfix, out_config):
     assert result.outcome is Outcome.PERMANENT and result.code == 530 and "STARTTLS" in result.message
 
 
-def test_alex_to_postfix_through_the_queue_signed_and_encrypted(knot, postfix, servers, test_ca):  # noqa: F811
+def test_alex_to_postfix_through_the_queue_signed_and_encrypted(knot, postfix, servers, test_ca):
     """alex's mailprov server relays to Postfix found by MX; DKIM checked by dkimpy on the received copy."""
     alpha = alpha_tree(
         knot,
