@@ -264,7 +264,7 @@ _ZONE_TOKENS = st.sampled_from(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(_ZONE_TOKENS, max_size=25))
 def test_zone_files_load_or_give_a_usage_error(tmp_path_factory, tokens: list[str]) -> None:
     path = tmp_path_factory.mktemp("fz") / "x.test.zone"

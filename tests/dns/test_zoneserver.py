@@ -226,7 +226,7 @@ def _rrsets(section: list) -> list:  # type: ignore[type-arg]
     return sorted(((r.name.to_text(), r.rdtype, r.ttl, frozenset(rd.to_text() for rd in r)) for r in section), key=str)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=600))
 def test_any_packet_is_answered_or_dropped(data: bytes) -> None:
     from mailprov.dns.zonefile import ZoneSet
@@ -240,7 +240,7 @@ def test_any_packet_is_answered_or_dropped(data: bytes) -> None:
     assert isinstance(zones, ZoneSet)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=600))
 def test_resolver_socket_ignores_garbage(data: bytes) -> None:
     from mailprov.dns.resolver import _Mux
