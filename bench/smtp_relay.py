@@ -143,6 +143,8 @@ class MailprovRelay:
             outbound={"transports": [{"domain": DOMAIN, "host": SINK_IP, "port": SINK_PORT}], "mta_sts": False, "connect_timeout": 5},
             queue={"retry_min": retry_min, "retry_max": max(retry_min, 3600)},
             server={"log_level": "warning"},
+            # smtp-source's 20 sessions all come from one address; the Postfix anchor allows 100 as well.
+            smtp={"max_connections_per_client": 100},
         )
         self.server = run_mailprov(self.tree.config_path)
         self.host, self.port = self.tree.ip, self.tree.ports["smtp"]
