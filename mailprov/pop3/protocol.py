@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailprov.pop3.mailbox import Message
@@ -158,12 +158,12 @@ class Session:
             return self._error("command is not valid UTF-8")
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        handler = getattr(self, f"_cmd_{verb.lower()}", None) if verb.isascii() and verb.isalpha() and len(verb) <= 8 else None
-        if handler is None or verb.lower() not in _COMMANDS[self.state]:
+        handler = _COMMANDS[self.state].get(verb)
+        if handler is None:
             if verb in _KNOWN:
                 return self._error(f"{verb} is not allowed now")
             return self._error("unknown command")
-        return handler(arg)
+        return handler(self, arg)
 
     def too_long(self) -> list[Action]:
         """The client sent a line over the limit (the server dropped it)."""
@@ -390,9 +390,12 @@ class Session:
 
 
 _KNOWN = {"CAPA", "STLS", "USER", "PASS", "AUTH", "APOP", "QUIT", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET"}
-_COMMANDS = {
-    State.AUTHORIZATION: {"capa", "stls", "user", "pass", "auth", "apop", "quit"},
-    State.TRANSACTION: {"capa", "stat", "list", "uidl", "retr", "top", "dele", "noop", "rset", "quit"},
-    State.WAITING: set(),
-    State.DONE: set(),
+# The commands each state accepts, mapped to their handlers (one dict lookup per command).
+_COMMANDS: dict[State, dict[str, Callable[[Session, str], list[Action]]]] = {
+    State.AUTHORIZATION: {v: getattr(Session, f"_cmd_{v.lower()}") for v in ("CAPA", "STLS", "USER", "PASS", "AUTH", "APOP", "QUIT")},
+    State.TRANSACTION: {
+        v: getattr(Session, f"_cmd_{v.lower()}") for v in ("CAPA", "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT")
+    },
+    State.WAITING: {},
+    State.DONE: {},
 }
