@@ -329,3 +329,26 @@ def test_queue_cli(env, tmp_path):
     assert "Mail queue is empty" in run(app, ["queue", "list", "-c", str(conf)]).output
     parsed = parse(item.header_bytes() + MSG)
     assert parsed[1] == MSG
+
+
+def test_delay_warning_is_sent_once(env):
+    cfg, directory = env
+    cfg.queue.delay_warning = 60
+    remote = ScriptedCourier({"slow@remote.test": [Result.temporary("greylisted", code=450, enhanced="4.7.1")]})
+
+    async def main():
+        runner, store = build_runner(cfg, directory, remote)
+        await runner.start()
+        item = make_item("alex@alpha.test", "slow@remote.test", arrival=time.time() - 120)
+        await runner.enqueue(item, MSG)
+        await run_until_idle(runner, lambda: bool(store.ids("deferred")) and bool(maildir(cfg, "alex@alpha.test")))
+        runner.flush()  # a second failed attempt: no second warning
+        await run_until_idle(runner, lambda: len(remote.calls) == 2 and bool(store.ids("deferred")))
+        await runner.stop()
+        return store.read("deferred", item.id)[0]
+
+    item = asyncio.run(main())
+    (name,) = maildir(cfg, "alex@alpha.test")
+    raw = Path(cfg.paths.mail_dir, "alpha.test", "alex", "new", name).read_bytes()
+    assert b"Action: delayed" in raw and b"Status: 4.7.1" in raw and b"Will-Retry-Until:" in raw
+    assert item.warned and item.recipients[0].status == "deferred"
