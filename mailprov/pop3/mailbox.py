@@ -56,9 +56,11 @@ class MailboxBusy(MailboxError):
     """Another POP3 session holds this mailbox."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
-    """One message of a session's snapshot. ``name`` is the file name in ``subdir`` (``new`` or ``cur``)."""
+    """One message of a session's snapshot. ``name`` is the file name in ``subdir`` (``new`` or ``cur``).
+
+    Slotted: a session over tens of thousands of messages holds one of these per message, nothing more."""
 
     name: str
     subdir: str

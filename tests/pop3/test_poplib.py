@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import poplib
+import threading
 
 import pytest
 
@@ -204,3 +205,31 @@ def test_implicit_tls_login(pop3_config):
         assert octets == int(client.list(1).split()[2]) > 5000
         assert lines[3] == b"Message-ID: <1@alpha.test>"
         client.quit()
+
+
+def test_two_users_retrieve_at_the_same_time(pop3_server):
+    """Two sessions interleave their RETRs (threads, bounded joins); each gets exactly its own mail."""
+    users = ("john@example.test", "mary@example.test")
+    for user in users:
+        box = user_maildir(pop3_server.config, user)
+        for i in range(40):
+            deliver(box, message(i, body=f"for {user} number {i}\n".encode() * 50))
+    clients = {user: login(pop3_server, user) for user in users}  # both logged in before either retrieves
+    got: dict[str, list[bytes]] = {}
+
+    def fetch(user: str) -> None:
+        client = clients[user]
+        got[user] = [b"\n".join(client.retr(n)[1]) for n in range(1, 41)]
+        for n in range(1, 41):
+            client.dele(n)
+        client.quit()
+
+    threads = [threading.Thread(target=fetch, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for user in users:
+        assert len(got[user]) == 40
+        assert all(f"for {user} number {i}".encode() in body for i, body in enumerate(got[user]))
+        assert not list((user_maildir(pop3_server.config, user) / "new").iterdir())
