@@ -320,3 +320,12 @@ def test_implicit_tls_with_an_untrusted_certificate_defers(knot, out_config, tes
         result = deliver(out_config({"transports": [transport]}), envelope("john@a.out.test"))["john@a.out.test"]  # system CAs
     assert result.outcome is Outcome.TEMPORARY and result.enhanced == "4.7.5" and "certificate" in result.message
     assert peer.handler.received == []
+
+
+def test_many_recipients_go_in_batches_of_fifty_over_one_connection(knot, out_config):
+    rcpts = [f"user{i}@a.out.test" for i in range(120)]
+    with ScriptedPeer("127.0.5.21", SMTP_PORT) as peer:
+        results = deliver(out_config(), envelope(*rcpts))
+    assert all(results[r].ok for r in rcpts)
+    assert [len(r.recipients) for r in peer.handler.received] == [50, 50, 20]
+    assert {r.session for r in peer.handler.received} == {1}
