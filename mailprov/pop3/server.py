@@ -152,7 +152,8 @@ class Connection(asyncio.Protocol):
         self._busy = False  # an action is running in a task: read no further command
         self._write_paused = False
         self._read_paused = False  # paused by us because too much pipelined input waits
-        self._closed = False
+        self._closed = False  # closing: nothing more is read or said (the transport may still be flushing)
+        self._lost = False  # connection_lost has run
         self._eof = False  # the client half-closed its side
         self._counted = False
         self._updating = False
@@ -200,12 +201,15 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client may pipeline its last commands (say DELE and QUIT) and half-close at once: answer
         # what it sent, then close. Without QUIT among them, nothing is deleted (RFC 1939).
+        if self._closed or self.session is None:
+            return None
         self._eof = True
         self._process()
         return None if self._closed else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._lost = True
         if self._idle:
             self._idle.cancel()
         if self._counted:
@@ -228,8 +232,8 @@ class Connection(asyncio.Protocol):
     # -- processing ---------------------------------------------------------------------------
 
     def abort(self) -> None:
-        """Drop the connection at once (server shutdown)."""
-        if self.transport and not self._closed:
+        """Drop the connection at once, unsent output included (server shutdown, a stuck client)."""
+        if self.transport and not self._lost:
             self.transport.abort()
 
     def _process(self) -> None:
@@ -445,9 +449,15 @@ class Connection(asyncio.Protocol):
     # -- timers -------------------------------------------------------------------------------
 
     def _check_idle(self) -> None:
-        if self._closed or self.transport is None:
+        if self._lost or self.transport is None:
             return
         timeout = self.server.config.pop3.idle_timeout
+        if self._closed:  # closing, but the client does not read what is left to flush
+            if self.loop.time() - self._last >= timeout:
+                self.abort()
+            else:
+                self._idle = self.loop.call_later(timeout, self._check_idle)
+            return
         if self._busy:  # the server is working for the client (a login, an UPDATE): not idle
             self._last = self.loop.time()
         idle = self.loop.time() - self._last
@@ -460,6 +470,7 @@ class Connection(asyncio.Protocol):
         else:
             self.transport.write(b"-ERR Idle timeout, closing the connection\r\n")
             self.transport.close()
+            self._idle = self.loop.call_later(timeout, self._check_idle)  # in case it never drains
         self._closed = True
 
     def _tls_name(self) -> str:
