@@ -24,6 +24,7 @@ import re
 import socket
 import ssl
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -117,6 +118,7 @@ class MailprovSMTP(SMTP):
     # under a connection-per-message load); built once per handler class here. test_server_init
     # checks the result is the same as aiosmtpd's own constructor.
     live: ClassVar[int] = 0  # open sessions in this process (a stopping worker waits for them)
+    sessions: ClassVar[weakref.WeakSet[MailprovSMTP]] = weakref.WeakSet()
     _tables: ClassVar[dict[type, tuple[list[str], list[tuple[str, str, bool]], list[str]]]] = {}
 
     def __init__(
@@ -231,12 +233,14 @@ class MailprovSMTP(SMTP):
             self._slot = self._refusal is None
             self._counted = True
             MailprovSMTP.live += 1
+            MailprovSMTP.sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
             MailprovSMTP.live -= 1
+            MailprovSMTP.sessions.discard(self)
         if self._slot:
             self._slot = False
             self.ctx.connections.release(self.client_ip)
@@ -323,6 +327,18 @@ def make_factory(ctx: SMTPContext, mode: str) -> Callable[[], MailprovSMTP]:
         )
 
     return factory
+
+
+async def end_sessions(grace: float) -> None:
+    """Wait up to ``grace`` seconds for open sessions to end, then close the rest. A session cut in the
+    middle of a transaction never got its 250, so its client keeps the message and retries."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while MailprovSMTP.live and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for session in list(MailprovSMTP.sessions):
+        session.close()
+    await asyncio.sleep(0)  # let connection_lost run
 
 
 async def create_servers(ctx: SMTPContext, listeners: list[tuple[str, socket.socket]]) -> list[asyncio.Server]:

@@ -24,7 +24,7 @@ from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner, load_remote_courier
 from mailprov.queue.store import STATES, QueueStore
 from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
-from mailprov.smtp.server import Enqueuer, Limiter, SMTPContext, bind_listeners, create_servers
+from mailprov.smtp.server import Enqueuer, Limiter, SMTPContext, bind_listeners, create_servers, end_sessions
 from mailprov.smtp.workers import WorkerPool, tls_memfd
 from mailprov.tls import certificate_paths, server_context
 from mailprov.users import AliasDB, Directory, UserDB
@@ -164,11 +164,8 @@ class SMTPService:
             await self.pool.stop()
         for server in self.servers:
             server.close()
-        for server in self.servers:
-            try:
-                await asyncio.wait_for(server.wait_closed(), timeout=5)
-            except TimeoutError:
-                log.warning("some SMTP sessions did not end within 5 s")
+        if self.servers:
+            await end_sessions(5.0)
         for _, sock in self._listeners:
             sock.close()
         if self._tls_fd is not None:

@@ -257,7 +257,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
 
     from mailprov import config as config_mod
     from mailprov.service import drop_privileges
-    from mailprov.smtp.server import MailprovSMTP, make_factory
+    from mailprov.smtp.server import end_sessions, make_factory
     from mailprov.smtp.service import SMTPService
 
     config = config_mod.load(config_path)
@@ -307,10 +307,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     await done.wait()
     with contextlib.suppress(ValueError, OSError):
         loop.remove_reader(channel_fd)
-    # Let running sessions finish their current transaction (bounded), then go.
-    deadline = time.monotonic() + 10
-    while MailprovSMTP.live and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await end_sessions(10.0)  # let running sessions finish their transaction (bounded), then go
     service.io.close()
 
 
