@@ -40,6 +40,7 @@ from mailprov.atomic import atomic_write, fsync_dir
 
 # Files at or below this size are rendered in one read; larger ones in chunks of this size.
 CHUNK = 256 * 1024
+FIRST_READ = 64 * 1024
 _W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
 _UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 _CACHE_MAGIC = "mailprov-pop3-sizes 1"
@@ -217,8 +218,10 @@ def file_crlf_size(path: str) -> int:
     """The POP3 size of a message file, reading it once (in chunks when it is large)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunk = os.read(fd, CHUNK)
-        if len(chunk) < CHUNK:
+        # First read below malloc's mmap threshold: a 256 KiB buffer per small file would cost an
+        # mmap/munmap pair each time, and most messages fit in 64 KiB.
+        chunk = os.read(fd, FIRST_READ)
+        if len(chunk) < FIRST_READ:
             return crlf_size(chunk)
         size = 0
         carry_cr = False
@@ -382,7 +385,7 @@ class Mailbox:
         if hint:
             return int(hint.group(1))
         try:
-            size = file_crlf_size(os.fspath(self.maildir / subdir / name))
+            size = file_crlf_size(f"{self._dirs[subdir]}/{name}")
         except FileNotFoundError:
             return None
         if " " not in base and "\n" not in base:

@@ -24,6 +24,7 @@ Passwords are never logged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401  # imported before the privilege drop: to_thread needs it later
 import contextlib
 import ipaddress
 import logging

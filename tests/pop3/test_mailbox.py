@@ -45,15 +45,15 @@ def test_render_and_size_agree_whole_and_streamed(scratch, data, chunk):
     assert crlf_size(data) == len(normalized(data))
     # No line in the output carries a bare CR-less LF.
     assert whole.count(b"\n") == whole.count(b"\r\n")
-    saved = mb.CHUNK
-    mb.CHUNK = chunk  # force the streaming paths with tiny pieces
+    saved = mb.CHUNK, mb.FIRST_READ
+    mb.CHUNK = mb.FIRST_READ = chunk  # force the streaming paths with tiny pieces
     try:
         assert mb.file_crlf_size(str(path)) == len(normalized(data))
         fd = os.open(path, os.O_RDONLY)
         streamed = b"".join(mb._render_stream(fd, b""))
         assert streamed == whole
     finally:
-        mb.CHUNK = saved
+        mb.CHUNK, mb.FIRST_READ = saved
 
 
 @settings(max_examples=150, deadline=None)
