@@ -9,7 +9,12 @@ Reusable by other test areas::
         client = poplib.POP3(*pop.plain)          # STLS offered here
         client = poplib.POP3_SSL(*pop.tls, context=client_tls_context(config))   # implicit TLS
 
-Use an address in your own private loopback range; ports are picked free on that address.
+    with POP3Process(config) as pop:      # the same service in a child process: pop.kill() is a crash
+        ...
+
+Use an address in your own private loopback range; ports are picked free on that address. Both run
+as the invoking user (no privilege drop, unlike ``mailprov serve``). ``POP3Process`` also serves
+benchmarks, where a server sharing the client's interpreter would share its GIL.
 """
 
 from __future__ import annotations
