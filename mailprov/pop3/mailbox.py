@@ -316,13 +316,14 @@ class Mailbox:
         self.lock.acquire()
         try:
             self.messages = self._scan()
-            self._save_cache()
         except OSError as exc:
             self.lock.release()
             raise MailboxError(f"cannot read {self.maildir}: {exc.strerror}") from None
         except BaseException:
             self.lock.release()
             raise
+        with contextlib.suppress(OSError):  # a full disk must not stop anyone reading mail
+            self._save_cache()
         return self.messages
 
     def close(self) -> None:
