@@ -1,0 +1,85 @@
+"""The worker-process model: sessions in workers, limits and queue in the main process, no orphans.
+
+Server on 127.0.3.19 with two workers; clients bind 127.0.3.130-139.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+from tests.peers.mailprov_server import MailprovTree, run_mailprov
+
+IP = "127.0.3.19"
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sessions_spread_over_workers_and_workers_die_with_the_master():
+    tree = MailprovTree.create(
+        hostname="mx.beta.test",
+        domains=["beta.test"],
+        ip=IP,
+        smtp={"processes": 2},
+        outbound={"transports": [{"domain": "*", "host": "127.0.3.18", "port": 9, "tls": "none"}]},
+    )
+    server = None
+    try:
+        tree.add_user("john@beta.test", "pw")
+        tree.add_alias("fwd@beta.test", "john@beta.test", "far@elsewhere.test")
+        server = run_mailprov(tree.config_path)
+        workers = children(server.proc.pid)
+        assert len(workers) == 2
+        # Several sessions at once: the master hands them to both workers.
+        sessions = [smtplib.SMTP(IP, tree.ports["smtp"], source_address=(f"127.0.3.{130 + i}", 0), timeout=20) for i in range(4)]
+        for i, s in enumerate(sessions):
+            s.sendmail("a@remote.test", ["john@beta.test"], b"Subject: spread-%d\r\n\r\nx\r\n" % i)
+        # Mixed recipients from a worker: queued there, delivered locally by the master's runner.
+        assert sessions[0].mail("a@remote.test")[0] == 250
+        assert sessions[0].rcpt("fwd@beta.test")[0] == 250
+        code, reply = sessions[0].data(b"Subject: via-queue\r\n\r\nx\r\n")
+        assert code == 250 and b"queued as" in reply
+        for s in sessions:
+            s.quit()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(tree.maildir_files("john@beta.test")) < 5:
+            time.sleep(0.05)
+        files = tree.maildir_files("john@beta.test")
+        assert len(files) == 5
+        writers = {f.name.split("P", 1)[1].split("Q", 1)[0] for f in files}  # the pid in each Maildir name
+        assert writers <= {str(p) for p in [*workers, server.proc.pid]}
+        assert len(writers & {str(p) for p in workers}) == 2  # both workers served sessions
+        assert str(server.proc.pid) in writers  # the queued one was delivered by the master's runner
+
+        os.kill(server.proc.pid, signal.SIGKILL)  # the master alone
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.05)
+        assert not any(alive(w) for w in workers), "workers outlived their master"
+        server = run_mailprov(tree.config_path)  # the ports are free again
+    finally:
+        if server is not None:
+            server.stop()
+        tree.cleanup()
