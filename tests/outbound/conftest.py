@@ -64,6 +64,8 @@ alldead     MX  20 mx2.alldead.out.test.
 mx1.alldead A   127.0.5.19
 mx2.alldead A   127.0.5.29
 
+; the domain itself is an alias: processed as if it were the name it points to (RFC 5321 5.1)
+aliasdom    CNAME a.out.test.
 ; no MX: the implicit MX is the domain itself
 implicit    A   127.0.5.15
 ; null MX (RFC 7505)

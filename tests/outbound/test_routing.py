@@ -92,6 +92,12 @@ def test_implicit_mx(knot, out_config):
 
 
 @pytest.mark.peers
+def test_domain_that_is_an_alias_uses_the_targets_mx(knot, out_config):
+    r = route(out_config(), "aliasdom.out.test")
+    assert r.kind == "mx" and [h.name for h in r.hops] == ["mx.a.out.test"]
+
+
+@pytest.mark.peers
 def test_null_mx_is_permanent_556(knot, out_config):
     err = route_error(out_config(), "nullmx.out.test")
     assert not err.temporary and err.code == 556 and err.enhanced == "5.1.10"
