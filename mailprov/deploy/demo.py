@@ -229,6 +229,8 @@ def _story(base: Path, echo: Echo) -> None:
     message["Message-ID"] = f"<{token}@alpha.test>"
     message.set_content("Hi John,\n\nthis went alpha -> MX lookup -> beta -> Maildir -> POP3.\n\nAlex\n")
 
+    alpha_log = base / "mail.alpha.test" / "var" / "log" / "mailprov" / "smtp.log"
+    log = _LogTail(alpha_log)
     echo(f"[4/6] alex@alpha.test submits to john@beta.test on mail.alpha.test {alpha['address']}:{PORTS['submission']}")
     with smtplib.SMTP(alpha["address"], PORTS["submission"], local_hostname="laptop.alpha.test", timeout=30) as smtp:
         smtp.ehlo()
@@ -247,22 +249,18 @@ def _story(base: Path, echo: Echo) -> None:
     a = dns.query.udp(dns.message.make_query("mail.beta.test.", "A"), DNS_ADDRESS, timeout=2, port=DNS_PORT)
     address = " ".join(rd.to_text() for rrset in a.answer for rd in rrset)
     echo(f"      DNS {DNS_ADDRESS}:{DNS_PORT}: beta.test MX {target}; mail.beta.test A {address}")
-    alpha_log = base / "mail.alpha.test" / "var" / "log" / "mailprov" / "smtp.log"
-    seen = alpha_log.stat().st_size if alpha_log.exists() else 0
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    sent = False
+    while not sent and time.monotonic() < deadline:
+        for line in log.new_lines():
+            if "from=<alex@alpha.test>" in line or "to=<john@beta.test>" in line:
+                echo(f"      mail.alpha.test log: {line.split(' INFO ', 1)[-1].strip()[:150]}")
+                sent = sent or ("to=<john@beta.test>" in line and "status=sent" in line)
+        if not sent:
+            time.sleep(0.2)
 
     echo(f"[6/6] john@beta.test fetches his mail over POP3S from mail.beta.test {beta['address']}:{PORTS['pop3s']}")
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    shown: set[str] = set()
     while True:
-        if alpha_log.exists():  # show alpha's relay log lines as they appear
-            with open(alpha_log, "rb") as handle:
-                handle.seek(seen)
-                chunk = handle.read().decode(errors="replace")
-            seen += len(chunk.encode())
-            for line in chunk.splitlines():
-                if ("john@beta.test" in line or "beta.test" in line) and line not in shown:
-                    shown.add(line)
-                    echo(f"      mail.alpha.test log: {line.strip()[:160]}")
         found = _fetch(beta["address"], john["address"], john["password"], token)
         if found is not None:
             parsed = message_from_bytes(found)
@@ -277,6 +275,25 @@ def _story(base: Path, echo: Echo) -> None:
                 fix=f"see {alpha_log} and 'mailprov queue list -c {base / 'mail.alpha.test' / 'etc' / 'mailprov' / 'mailprov.toml'}'",
             )
         time.sleep(0.25)
+
+
+class _LogTail:
+    """New lines of a growing log file since the last call (from its size when created)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return complete.decode(errors="replace").splitlines()
 
 
 def _fetch(address: str, user: str, password: str, token: str) -> bytes | None:
