@@ -14,6 +14,7 @@ Relay control (the rule that keeps the server from being an open relay):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +47,11 @@ SENDER_OK = Decision(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Decision(250, "2.1.5", "Recipient OK")
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(net, strict=False) for net in networks)
+
+
 def in_networks(ip: str, networks: Iterable[str]) -> bool:
     """Whether ``ip`` is inside one of ``networks`` (unparseable addresses are not)."""
     try:
@@ -54,7 +60,7 @@ def in_networks(ip: str, networks: Iterable[str]) -> bool:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
-    return any(addr in ipaddress.ip_network(net, strict=False) for net in networks)
+    return any(addr in net for net in _parsed(tuple(networks)))
 
 
 def may_relay(*, authenticated: bool, client_ip: str, trusted_networks: Iterable[str]) -> bool:
