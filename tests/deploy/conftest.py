@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ class Lab:
     dns: str
     hosts: list[lab.LabHost]
     inventory: Path
-    runs: dict[str, PlaybookResult] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
 
     def host(self, name: str) -> lab.LabHost:
@@ -62,13 +63,16 @@ def lab_peers(lab_root: Path) -> Iterator[tuple[SSHD, str]]:
 
 @pytest.fixture(scope="session")
 def deployed(lab_root: Path, lab_peers: tuple[SSHD, str]) -> Iterator[Lab]:
-    """Both hosts deployed once over SSH, then deployed again, then run in check mode."""
+    """Check mode on a fresh host, then both hosts deployed over SSH, deployed again, and run in check mode."""
     sshd, dns = lab_peers
     hosts = lab.make_hosts(lab_root / "hosts")
     wheel = build_wheel(lab.REPO, lab_root / "wheels")["wheel"]
     inventory = lab.write_inventory(lab_root / "inventory.yml", sshd.ansible_vars(), hosts, dns, wheel)
     the_lab = Lab(lab_root, sshd, dns, hosts, inventory)
     try:
+        # Check mode on a fresh host first (one host keeps it short): it must report and touch nothing.
+        the_lab.runs["fresh-check"] = the_lab.deploy(check=True, limit="mail.alpha.test")
+        the_lab.runs["fresh-check-files"] = sorted(p for h in hosts for p in h.prefix.rglob("*"))  # type: ignore[assignment]
         the_lab.runs["first"] = the_lab.deploy()
         if the_lab.runs["first"].ok:
             the_lab.runs["second"] = the_lab.deploy()

@@ -48,6 +48,15 @@ def test_first_deploy_succeeds_on_both_hosts(deployed) -> None:
     assert any("mail.alpha.test" in line and "Run mailprov-smtp as a process" in line for line in deployed.log)
 
 
+def test_check_mode_on_a_fresh_host_reports_changes_and_touches_nothing(deployed) -> None:
+    fresh = deployed.runs["fresh-check"]
+    assert fresh.ok, str(fresh.failures)
+    changed = {task for host, task in fresh.changed_tasks()}
+    assert "mailprov_mta : Write the MTA configuration" in changed and "mailprov_base : Create the venv" in changed
+    assert set(fresh.hosts) == {"mail.alpha.test"}  # --limit
+    assert deployed.runs["fresh-check-files"] == []  # nothing was created under either prefix
+
+
 def test_pre_flight_ran_before_anything_changed(deployed) -> None:
     events = [e for e in deployed.runs["first"].events if e["event"] == "result"]
     first_change = next(i for i, e in enumerate(events) if e["status"] == "changed")
