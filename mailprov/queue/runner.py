@@ -231,6 +231,8 @@ class QueueRunner:
             for queue_id in await self.io.run(self.store.ids, state):
                 if queue_id not in self._busy:
                     self._push(_Job(queue_id, state))
+        if startup:  # deferred/ can hold 100,000s of items: the scheduler reads them at once, while serving
+            return
         for queue_id in await self.io.run(self.store.ids, "deferred"):
             if queue_id in self._busy or queue_id in self._due:
                 continue
@@ -249,7 +251,7 @@ class QueueRunner:
         self._wake.set()
 
     async def _scheduler(self) -> None:
-        next_scan = self.clock() + self.config.queue.scan_interval
+        next_scan = self.clock()  # the first scan (deferred/ included) right away
         while not self._stopping:
             now = self.clock()
             while self._timers and self._timers[0][0] <= now:
