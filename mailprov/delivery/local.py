@@ -30,6 +30,7 @@ from mailprov.queue.diskio import DiskIO
 from mailprov.users import Directory, normalize, strip_subaddress
 
 RELAY = "local"
+STALE_TMP = 36 * 3600  # seconds after which a file in tmp/ is a crash leftover
 _counter = itertools.count()
 
 
@@ -69,7 +70,20 @@ class LocalCourier:
             for path in (box.parent.parent, box.parent, box):
                 with contextlib.suppress(OSError):
                     fsync_dir(path)
+        else:
+            self._clean_tmp(box / "tmp")
         self._ready.add(box)
+
+    @staticmethod
+    def _clean_tmp(tmp: Path) -> None:
+        """Remove files left in ``tmp/`` by a crash mid-write (never acknowledged, never visible) once
+        they are older than STALE_TMP, as the Maildir convention says (36 hours)."""
+        now = time.time()
+        with contextlib.suppress(OSError), os.scandir(tmp) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP:
+                        os.unlink(entry.path)
 
     def _write(self, box: Path, data: bytes) -> Path:
         """Blocking: write into tmp/, fsync, rename into new/. Returns the new file's path."""

@@ -352,3 +352,23 @@ def test_delay_warning_is_sent_once(env):
     raw = Path(cfg.paths.mail_dir, "alpha.test", "alex", "new", name).read_bytes()
     assert b"Action: delayed" in raw and b"Status: 4.7.1" in raw and b"Will-Retry-Until:" in raw
     assert item.warned and item.recipients[0].status == "deferred"
+
+
+def test_stale_maildir_tmp_files_are_cleaned_fresh_ones_kept(env):
+    cfg, directory = env
+    tmp = Path(cfg.paths.mail_dir, "beta.test", "john", "tmp")
+    for sub in ("tmp", "new", "cur"):
+        (tmp.parent / sub).mkdir(parents=True, exist_ok=True)
+    (tmp / "old").write_bytes(b"crash leftover")
+    os.utime(tmp / "old", (time.time() - 40 * 3600,) * 2)
+    (tmp / "fresh").write_bytes(b"being written right now")
+
+    async def main():
+        courier = LocalCourier(cfg, directory)
+        try:
+            return await courier.deliver(Envelope("Q", "a@b.test", ("john@beta.test",), time.time()), MSG)
+        finally:
+            await courier.close()
+
+    assert asyncio.run(main())["john@beta.test"].ok
+    assert sorted(p.name for p in tmp.iterdir()) == ["fresh"]
