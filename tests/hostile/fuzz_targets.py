@@ -16,9 +16,11 @@ Targets:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +41,8 @@ from mailprov.smtp.address import AddressError, parse_address
 from mailprov.smtp.handler import header_end, header_names
 
 CORPUS = Path(__file__).parent / "fuzz_crashes"
+_TMP = Path(tempfile.mkdtemp(prefix="mailprov-fuzz-"))  # the DKIM key and the zone file under test
+atexit.register(shutil.rmtree, _TMP, True)
 logging.getLogger("mailprov.delivery").setLevel(logging.ERROR)  # "DKIM signing failed, sending unsigned" is expected here
 
 
@@ -84,7 +88,7 @@ def _signer():  # type: ignore[no-untyped-def]
     from mailprov.delivery.dkim import DKIMSigner
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    path = Path(tempfile.mkdtemp(prefix="mailprov-fuzz-")) / "k.key"
+    path = _TMP / "k.key"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     config = from_dict(
         {"server": {"hostname": "mx.fuzz.test", "domains": ["fuzz.test"]}, "outbound": {"dkim_selector": "s", "dkim_key": str(path)}}
@@ -114,7 +118,7 @@ def message(data: bytes) -> None:
     assert expected.startswith(top), "TOP is not a prefix of RETR"
 
 
-_ZONE = Path(tempfile.mkdtemp(prefix="mailprov-fuzz-zone-")) / "fuzz.test.zone"
+_ZONE = _TMP / "fuzz.test.zone"
 
 
 def zone(data: bytes) -> None:
