@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -285,22 +286,26 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
                 loop.remove_reader(channel_fd)
                 done.set()
                 return
-            mode, _, _client = data.decode("ascii", "replace").partition(" ")
+            mode, _, client = data.decode("ascii", "replace").partition(" ")
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 if mode not in factories:
                     conn.close()
+                    ctx.connections.release(client)
                     continue
                 task = loop.create_task(
                     loop.connect_accepted_socket(factories[mode], conn, ssl=ctx.tls_context if mode == "submissions" else None)
                 )
                 sessions.add(task)
-                task.add_done_callback(_session_started)
+                task.add_done_callback(functools.partial(_session_started, client))
 
-    def _session_started(task: asyncio.Task[object]) -> None:
+    def _session_started(client: str, task: asyncio.Task[object]) -> None:
         sessions.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.info("connection handover failed: %s", task.exception())
+        if task.cancelled() or task.exception() is not None:
+            # No session began (a failed TLS handshake on 465, say): give the master its slot back here,
+            # since no protocol will ever report the close.
+            log.info("connection from [%s] ended before the session: %s", client, None if task.cancelled() else task.exception())
+            ctx.connections.release(client)
 
     await service.runner_less_start()
     loop.add_reader(channel_fd, on_connection)

@@ -5,9 +5,12 @@ Server on 127.0.3.19 with two workers; clients bind 127.0.3.130-139.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
+import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -79,6 +82,42 @@ def test_sessions_spread_over_workers_and_workers_die_with_the_master():
             time.sleep(0.05)
         assert not any(alive(w) for w in workers), "workers outlived their master"
         server = run_mailprov(tree.config_path)  # the ports are free again
+    finally:
+        if server is not None:
+            server.stop()
+        tree.cleanup()
+
+
+def test_failed_tls_handshakes_do_not_use_up_connection_slots():
+    tree = MailprovTree.create(
+        hostname="mx.beta.test", domains=["beta.test"], ip="127.0.3.21", smtp={"processes": 2, "max_connections_per_client": 2}
+    )
+    server = None
+    source = ("127.0.3.140", 0)
+    try:
+        server = run_mailprov(tree.config_path)
+        port = tree.ports["submissions"]
+        for _ in range(4):  # not TLS at all: the handshake fails before any SMTP session exists
+            with socket.create_connection((tree.ip, port), source_address=source, timeout=10) as sock:
+                sock.sendall(b"EHLO plain-text-on-465\r\n")
+                with contextlib.suppress(OSError):
+                    sock.recv(100)
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        deadline = time.monotonic() + 10
+        while True:  # the releases travel back to the master asynchronously
+            held = []
+            try:
+                for _ in range(2):
+                    held.append(smtplib.SMTP_SSL(tree.ip, port, source_address=source, timeout=10, context=context))
+                break
+            except (OSError, smtplib.SMTPException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            finally:
+                for s in held:
+                    s.close()
     finally:
         if server is not None:
             server.stop()
