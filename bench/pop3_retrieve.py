@@ -116,10 +116,35 @@ def run_sessions(host: str, port: int, users: list[str], *, delete: bool) -> tup
     return wall, max(r[2] for r in results) - max(r[1] for r in results), sum(r[3] for r in results)
 
 
+def tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user + system) of a process, its live children and its reaped children: for Dovecot,
+    whose master reaps the per-session processes, and for our single process alike."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root_pid or int(fields[1]) == root_pid:
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def scenario(
-    name: str, host: str, port: int, users: list[str], maildir: Callable[[str], Path], per_user: int, size: int, prepare: Callable[[], None]
-) -> dict[str, tuple[float, float]]:
-    """Fresh and warm runs of one scenario; returns {"fresh"/"warm": (msg/s whole, msg/s retrieval)}."""
+    name: str,
+    host: str,
+    port: int,
+    users: list[str],
+    maildir: Callable[[str], Path],
+    per_user: int,
+    size: int,
+    prepare: Callable[[], None],
+    pid: int,
+) -> dict[str, tuple[float, float, float]]:
+    """Fresh and warm runs of one scenario; returns {"fresh"/"warm": (msg/s whole, msg/s retrieval,
+    server CPU ms per 1,000 messages)}."""
     figures = {}
     for kind in ("fresh", "warm"):
         for user in users:
@@ -127,12 +152,15 @@ def scenario(
         prepare()
         if kind == "warm":
             run_sessions(host, port, users, delete=False)
+        cpu = tree_cpu(pid)
         wall, retrieval, got = run_sessions(host, port, users, delete=True)
+        time.sleep(0.2)  # let Dovecot's master reap the session processes, so their CPU is counted
+        cpu = tree_cpu(pid) - cpu
         expected = per_user * len(users)
         left = sum(len(os.listdir(maildir(u) / "new")) + len(os.listdir(maildir(u) / "cur")) for u in users)
         if got != expected or left:
             raise RuntimeError(f"{name} {kind}: retrieved {got} of {expected}, {left} left in the Maildirs")
-        figures[kind] = (got / wall, got / retrieval)
+        figures[kind] = (got / wall, got / retrieval, cpu * 1e6 / got)
     return figures
 
 
@@ -144,6 +172,7 @@ class Target:
     port: int
     maildir: Callable[[str], Path]
     prepare: Callable[[], None]
+    pid: int
     log: Path | None = None
 
 
@@ -171,8 +200,9 @@ def mailprov_target(tmp: Path, users: list[str], hashed: str) -> Iterator[Target
             },
         }
     )
-    with POP3Process(config):
-        yield Target("mailprov", port, lambda u: maildir_path(config.paths.mail_dir, u), lambda: None)
+    with POP3Process(config) as process:
+        assert process.proc is not None
+        yield Target("mailprov", port, lambda u: maildir_path(config.paths.mail_dir, u), lambda: None, process.proc.pid)
 
 
 @contextlib.contextmanager
@@ -181,7 +211,8 @@ def dovecot_target(tmp: Path, users: list[str], hashed: str) -> Iterator[Target]
     port = free_port(HOST)
     dovecot = DovecotPOP3(tmp, HOST, port, {u: hashed for u in users})
     with dovecot:
-        yield Target("dovecot", port, dovecot.maildir, dovecot.own, tmp / "dovecot.log")
+        master = int((tmp / "run" / "master.pid").read_text())
+        yield Target("dovecot", port, dovecot.maildir, dovecot.own, master, tmp / "dovecot.log")
 
 
 def main() -> None:
@@ -201,7 +232,7 @@ def main() -> None:
     use_dovecot = not args.no_dovecot and DovecotPOP3.available()
     if not args.no_dovecot and not use_dovecot:
         print("dovecot is not installed: mailprov figures only")
-    best: dict[tuple[str, str, str], tuple[float, float]] = {}
+    best: dict[tuple[str, str, str], tuple[float, float, float]] = {}
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pop3-bench-") as tmp, contextlib.ExitStack() as stack:
         targets = [stack.enter_context(mailprov_target(Path(tmp) / "mailprov", users, hashed))]
@@ -211,26 +242,28 @@ def main() -> None:
             for label, group, per_user in scenarios:
                 for target in targets:  # interleaved, so a burst of load on the machine hits both alike
                     try:
-                        figures = scenario(label, HOST, target.port, group, target.maildir, per_user, args.size, target.prepare)
+                        figures = scenario(label, HOST, target.port, group, target.maildir, per_user, args.size, target.prepare, target.pid)
                     except Exception:
                         if target.log:
                             print("server log (tail):\n" + "".join(target.log.read_text().splitlines(True)[-15:]), file=sys.stderr)
                         raise
-                    for kind, pair in figures.items():
-                        old = best.get((target.name, label, kind), (0.0, 0.0))
-                        best[(target.name, label, kind)] = (max(old[0], pair[0]), max(old[1], pair[1]))
+                    for kind, (whole, retr, cpu) in figures.items():
+                        old = best.get((target.name, label, kind), (0.0, 0.0, float("inf")))
+                        best[(target.name, label, kind)] = (max(old[0], whole), max(old[1], retr), min(old[2], cpu))
 
     print(f"POP3 RETR+DELE of {args.messages} messages of {args.size} bytes, best of {args.rounds} interleaved rounds")
     print(f"(load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; {os.cpu_count()} CPUs)")
-    print("messages per second: whole run (connect, login, RETR+DELE, QUIT) / retrieval only (login excluded)")
-    print(f"{'scenario':<22} {'mailprov':>17} {'dovecot':>17} {'ratio':>13}")
+    print("messages per second: whole run (connect, login, RETR+DELE, QUIT) / retrieval only (login excluded);")
+    print("server CPU: user+system ms per 1,000 messages over the whole run (lower is better; less sensitive to load)")
+    print(f"{'scenario':<20} {'mailprov':>21} {'dovecot':>21} {'ratio (>1: mailprov ahead)':>27}")
     for label, _, _ in scenarios:
         for kind in ("fresh", "warm"):
-            whole, retr = best[("mailprov", label, kind)]
-            row = f"{label + ', ' + kind:<22} {whole:>7.0f} / {retr:>7.0f}"
+            whole, retr, cpu = best[("mailprov", label, kind)]
+            row = f"{label + ', ' + kind:<20} {whole:>5.0f} / {retr:>5.0f} {cpu:>5.0f}ms"
             if use_dovecot:
-                d_whole, d_retr = best[("dovecot", label, kind)]
-                row += f" {d_whole:>7.0f} / {d_retr:>7.0f} {whole / d_whole:>5.2f} / {retr / d_retr:>5.2f}"
+                d_whole, d_retr, d_cpu = best[("dovecot", label, kind)]
+                row += f" {d_whole:>5.0f} / {d_retr:>5.0f} {d_cpu:>5.0f}ms"
+                row += f"   {whole / d_whole:>4.2f} / {retr / d_retr:>4.2f} cpu {d_cpu / cpu:>4.2f}"
             print(row)
 
 
