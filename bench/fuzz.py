@@ -23,8 +23,10 @@ import argparse
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -175,10 +177,23 @@ def main() -> int:
 
     print(f"fuzzing {', '.join(args.targets)} for {args.seconds:.0f} s each with {args.engine}", flush=True)
     failed = 0
+    scratch = tempfile.mkdtemp(prefix="mailprov-fuzz-run-")  # the children's temporary files (libFuzzer skips atexit)
+    env = {**os.environ, "TMPDIR": scratch}
+    try:
+        failed = run_children(args, env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("no crashes" if not failed else "crashes saved: fix them; tests/hostile/test_fuzz_regressions.py replays each one")
+    return 1 if failed else 0
+
+
+def run_children(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Each target in its own child process; returns how many found a crash."""
+    failed = 0
     for target in args.targets:
         before = set(crash_dir(target).glob("*")) if crash_dir(target).is_dir() else set()
         cmd = [sys.executable, __file__, target, "--child", "--seconds", str(args.seconds), "--engine", args.engine]
-        proc = subprocess.run(cmd, cwd=ROOT, timeout=args.seconds + 120, capture_output=args.engine == "atheris", text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.seconds + 120, capture_output=args.engine == "atheris", text=True)
         if args.engine == "atheris":
             stats = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith(("stat::number_of_executed_units", "stat::peak_rss"))]
             execs = int(stats[0].split(":")[-1]) if stats else 0
@@ -189,8 +204,7 @@ def main() -> int:
         for path in sorted(new):
             print(f"  new crash input: {path.relative_to(ROOT)}")
         failed += bool(new) or proc.returncode not in (0,)
-    print("no crashes" if not failed else "crashes saved: fix them; tests/hostile/test_fuzz_regressions.py replays each one")
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":
