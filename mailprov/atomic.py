@@ -22,6 +22,28 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def durable_create(tmp: str | os.PathLike[str], final: str | os.PathLike[str], *chunks: bytes, mode: int = 0o600) -> None:
+    """Write a new file durably except for its directory entry: create ``tmp`` exclusively (``mode``,
+    less the umask), write ``chunks``, fsync, rename to ``final``. On any error ``tmp`` is removed and the
+    error raised. The caller fsyncs ``final``'s directory before acknowledging anything, so that several
+    renames (Maildir deliveries, queue files) can share one directory fsync."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int = 0o644, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` durably and atomically (temp file, fsync, rename, dir fsync)."""
     target = Path(path)

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from mailprov.atomic import fsync_dir
+from mailprov.atomic import durable_create, fsync_dir
 from mailprov.config import Config
 from mailprov.delivery.base import Envelope, Result
 from mailprov.errors import UsageError
@@ -90,27 +90,13 @@ class LocalCourier:
         self._ensure_maildir(box)
         now = time.time()
         name = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{self._host},S={len(data)}"
-        tmp = box / "tmp" / name
+        tmp, final = box / "tmp" / name, box / "new" / name
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            durable_create(tmp, final, data)
         except FileNotFoundError:
             self._ready.discard(box)  # removed behind our back: create it again
             self._ensure_maildir(box)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            final = box / "new" / name
-            os.rename(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            durable_create(tmp, final, data)
         return final
 
     async def deliver(self, envelope: Envelope, message: bytes) -> dict[str, Result]:

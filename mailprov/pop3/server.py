@@ -14,7 +14,7 @@ carries out the session's actions:
   at most :data:`VERIFY_SLOTS` password checks run at once.
 * Limits: line length (:data:`MAX_LINE`), ``pop3.idle_timeout`` (no UPDATE when it fires, RFC 1939),
   ``pop3.max_connections`` and ``pop3.max_connections_per_client``, failed logins slowed and counted per
-  client address (:class:`~mailprov.pop3.limits.AuthThrottle`).
+  client address (:class:`~mailprov.limits.FailureThrottle`).
 * A dropped connection releases the mailbox lock and changes nothing in the Maildir.
 
 Diagnostics go to the ``mailprov.pop3`` logger: one line per login, failed login, logout and refusal.
@@ -35,8 +35,8 @@ from typing import Any
 
 from mailprov.config import Config, parse_hostport
 from mailprov.errors import MailprovError
+from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.maildir import maildir_path
-from mailprov.pop3.limits import AuthThrottle, ConnectionCounter
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
 from mailprov.users import UserDB, split
@@ -63,8 +63,8 @@ class POP3Server:
         self.config = config
         self.users = users or UserDB(config.paths.users_file)
         self.ssl_context = ssl_context
-        self.throttle = AuthThrottle(config.pop3.auth_failure_delay, config.pop3.max_auth_failures)
-        self.counter = ConnectionCounter(config.pop3.max_connections, config.pop3.max_connections_per_client)
+        self.throttle = FailureThrottle(config.pop3.auth_failure_delay, config.pop3.max_auth_failures)
+        self.counter = ConnectionLimiter(config.pop3.max_connections, config.pop3.max_connections_per_client)
         self.trusted = [ipaddress.ip_network(n) for n in config.pop3.plaintext_networks]
         self.default_domain = config.server.domains[0] if len(config.server.domains) == 1 else None
         self.connections: set[Connection] = set()
@@ -170,10 +170,10 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "unknown"
-        refusal = self.server.counter.admit(self.client)
+        refusal = self.server.counter.acquire(self.client)
         if refusal:
             log.warning("refused %s: %s", self.client, refusal)
-            transport.write(f"-ERR [SYS/TEMP] {refusal}, try again later\r\n".encode())
+            transport.write(f"-ERR [SYS/TEMP] {refusal}\r\n".encode())
             transport.close()
             self._closed = True
             return
@@ -371,7 +371,8 @@ class Connection(asyncio.Protocol):
             self.server.throttle.success(self.client)
             outcome, messages = await self._open_mailbox(user)
         elif outcome is not LoginOutcome.ERROR:
-            delay, disconnect = self.server.throttle.failure(self.client)
+            delay = self.server.throttle.fail(self.client)
+            disconnect = self.server.throttle.blocked(self.client)
             log.warning(
                 "failed login for %r from %s (%d recent failures)", user[:100], self.client, self.server.throttle.failures(self.client)
             )

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mailprov.atomic import atomic_write
+from mailprov.atomic import atomic_write, durable_create
 
 log = logging.getLogger("mailprov.queue")
 
@@ -158,21 +158,7 @@ class QueueStore:
         ``incoming`` directory (grouped, see DiskIO.sync_dir) before answering 250."""
         final = self.path("incoming", item.id)
         tmp = self.dir("incoming") / f".{item.id}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.write(fd, item.header_bytes())
-                view = memoryview(message)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        durable_create(tmp, final, item.header_bytes(), message)
         return final
 
     def rewrite(self, state: str, item: QueueItem, message: bytes) -> None:

@@ -33,8 +33,8 @@ from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
 from mailprov.config import Config, parse_hostport
 from mailprov.delivery.local import LocalCourier
+from mailprov.limits import FailureThrottle
 from mailprov.queue.store import QueueItem
-from mailprov.smtp.auth import AuthLimiter
 from mailprov.smtp.handler import SMTPHandler
 from mailprov.users import Directory
 
@@ -97,7 +97,7 @@ class SMTPContext:
     runner: Enqueuer  # the QueueRunner, or in a worker process the channel to the master's
     local: LocalCourier
     tls_context: ssl.SSLContext | None
-    auth_limiter: AuthLimiter
+    auth_limiter: FailureThrottle
     connections: Limiter  # a ConnectionLimiter, or in a worker process the master's via the channel
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
+from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner, load_remote_courier
 from mailprov.queue.store import STATES, QueueStore
-from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
 from mailprov.smtp.server import Enqueuer, Limiter, SMTPContext, bind_listeners, create_servers, end_sessions
 from mailprov.smtp.workers import WorkerPool, tls_memfd
 from mailprov.tls import certificate_paths, server_context
@@ -97,7 +97,7 @@ class SMTPService:
             runner=runner or self.runner,
             local=self.local,
             tls_context=tls_context,
-            auth_limiter=AuthLimiter(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
+            auth_limiter=FailureThrottle(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
             connections=connections or self.connections,
         )
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mailprov import maillog
+from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.queue.runner import retry_delay
 from mailprov.smtp import policy
 from mailprov.smtp.address import parse_address
-from mailprov.smtp.auth import AuthLimiter, ConnectionLimiter
 from mailprov.smtp.handler import header_end, header_names
 from mailprov.smtp.server import add_enhanced_code
 from mailprov.users import Resolution
@@ -82,7 +82,7 @@ def test_enhanced_codes_added_once():
 
 def test_auth_limiter_grows_and_blocks_and_forgets():
     now = [0.0]
-    limiter = AuthLimiter(1.0, 3, window=60, clock=lambda: now[0])
+    limiter = FailureThrottle(1.0, 3, window=60, clock=lambda: now[0])
     assert [limiter.fail("a"), limiter.fail("a")] == [1.0, 2.0]
     assert not limiter.blocked("a") and not limiter.blocked("b")
     limiter.fail("a")
