@@ -356,15 +356,20 @@ def load(path: str | Path) -> Config:
     return from_dict(data, source=str(path))
 
 
-def _toml_value(value: Any) -> str:
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
+def toml_value(value: Any) -> str:
+    """A Python value (bool, str, number, list, dict) as a TOML value; dict keys are quoted when needed."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
     return repr(value)
 
 
@@ -387,13 +392,13 @@ def render_defaults() -> str:
                 item = typing.get_args(tp)[0]
                 lines.append(f"# [[{section.name}.{f.name}]]")
                 for sub in dataclasses.fields(item):
-                    default = "(required)" if sub.default is dataclasses.MISSING else _toml_value(sub.default)
+                    default = "(required)" if sub.default is dataclasses.MISSING else toml_value(sub.default)
                     lines.append(f"#   {sub.name} = {default}  # {sub.metadata.get('doc', '')}")
                 continue
             if f.default is not dataclasses.MISSING:
-                lines.append(f"{f.name} = {_toml_value(f.default)}")
+                lines.append(f"{f.name} = {toml_value(f.default)}")
             elif f.default_factory is not dataclasses.MISSING:
-                lines.append(f"{f.name} = {_toml_value(f.default_factory())}")
+                lines.append(f"{f.name} = {toml_value(f.default_factory())}")
             else:
                 lines.append(f"# {f.name} = ...  (required)")
         lines.append("")

@@ -46,24 +46,12 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return repr(value)
-
-
 def render_toml(data: dict[str, dict[str, Any]]) -> str:
     """A minimal TOML writer for configuration dictionaries (one table per section)."""
     out = []
     for section, values in data.items():
         out.append(f"[{section}]")
-        out += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        out += [f"{k} = {config_mod.toml_value(v)}" for k, v in values.items()]
         out.append("")
     return "\n".join(out)
 
