@@ -1,7 +1,8 @@
 """Running the services: bind every listening socket, drop privileges, serve until a signal.
 
 A service is any object with ``name``, ``async start()`` (binds its sockets and begins serving) and
-``async stop()`` (stops accepting, finishes or abandons in-flight work safely). ``mailprov serve``
+``async stop()`` (stops accepting, finishes or abandons in-flight work safely); one that also has
+``async begin()`` binds in ``start()`` and accepts clients only when ``begin()`` is called, after the drop. ``mailprov serve``
 starts the chosen services in one event loop; when started as root it binds first (ports below 1024
 need it), then switches to the unprivileged ``server.user`` before touching any mail.
 """
@@ -95,7 +96,7 @@ def build(config: Config, names: list[str]) -> list[Service]:
         elif name == "pop3":
             from mailprov.pop3.service import POP3Service
 
-            services.append(POP3Service(config))
+            services.append(POP3Service(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services
@@ -116,6 +117,10 @@ async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None
             await service.start()
             started.append(service)
         drop_privileges(config)
+        for service in started:
+            begin = getattr(service, "begin", None)
+            if begin is not None:
+                await begin()
         log.info("%s ready: %s", config.server.hostname, ", ".join(s.name for s in started))
         if ready:
             ready.set()

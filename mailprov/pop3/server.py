@@ -78,8 +78,10 @@ class POP3Server:
         """The bound (address, port) pairs, plain listeners first."""
         return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
 
-    async def start(self) -> None:
-        """Bind every configured address; raises OSError if one cannot be bound."""
+    async def start(self, *, serving: bool = True) -> None:
+        """Bind every configured address; raises OSError if one cannot be bound. With ``serving=False``
+        nothing is accepted until :meth:`start_serving` (``mailprov serve`` calls it after the privilege
+        drop, so no client is ever served by a root process)."""
         loop = asyncio.get_running_loop()
         self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         if self.ssl_context is None:
@@ -97,12 +99,18 @@ class POP3Server:
                         ssl=self.ssl_context if implicit else None,
                         ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
                         reuse_address=True,
+                        start_serving=serving,
                     )
                     self._servers.append(server)
                     log.info("listening on %s (%s)", value, "implicit TLS" if implicit else "STLS")
         except BaseException:
             await self.stop()
             raise
+
+    async def start_serving(self) -> None:
+        """Begin accepting on every bound listener (a no-op for those already serving)."""
+        for server in self._servers:
+            await server.start_serving()
 
     async def stop(self) -> None:
         """Stop listening, drop every session (no UPDATE for them), finish sessions already in UPDATE."""

@@ -14,9 +14,12 @@ class POP3Service:
 
     name = "pop3"
 
-    def __init__(self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None, serve_after_drop: bool = False
+    ) -> None:
         self.config = config
         self.server = POP3Server(config, users=users, ssl_context=ssl_context)
+        self.serve_after_drop = serve_after_drop
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -24,8 +27,12 @@ class POP3Service:
         return self.server.sockets
 
     async def start(self) -> None:
-        """Bind the listeners and start serving."""
-        await self.server.start()
+        """Bind the listeners; start serving now, or in :meth:`begin` when ``serve_after_drop``."""
+        await self.server.start(serving=not self.serve_after_drop)
+
+    async def begin(self) -> None:
+        """Called by ``mailprov serve`` once privileges are dropped: begin accepting clients."""
+        await self.server.start_serving()
 
     async def stop(self) -> None:
         """Close the listeners and the sessions; sessions already in UPDATE finish first."""
