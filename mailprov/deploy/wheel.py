@@ -10,7 +10,7 @@ so the same source gives the same digest whatever the build's timestamps; the ro
 target only when the digest differs from the one recorded in the target's venv. A build for a digest
 that is already in ``--out`` is reused. ``--offline`` also collects every dependency as a wheel into a
 wheelhouse that the role ships, so targets need no package index. ``--wheel FILE`` skips the build and
-reports the digest of a wheel built elsewhere.
+reports the digest of a wheel built elsewhere (with ``--offline``, its wheelhouse is cached under ``--out``).
 """
 
 from __future__ import annotations
@@ -66,15 +66,21 @@ def build(source: Path, out: Path, *, offline: bool = False) -> dict[str, str]:
         wheels = sorted(target.glob("mailprov-*.whl"))
         if not wheels:
             raise MailprovError(f"pip built no mailprov wheel in {target}")
-    wheelhouse = ""
-    if offline:
-        house = target / "wheelhouse"
-        if not (house / ".complete").exists():
-            house.mkdir(exist_ok=True)
-            _pip(["wheel", "--quiet", "--wheel-dir", str(house), str(wheels[0])])
-            (house / ".complete").write_text(digest + "\n")
-        wheelhouse = str(house)
+    wheelhouse = str(build_wheelhouse(wheels[0], target / "wheelhouse", digest)) if offline else ""
     return {"wheel": str(wheels[0]), "digest": digest, "wheelhouse": wheelhouse}
+
+
+def build_wheelhouse(wheel: Path, house: Path, digest: str) -> Path:
+    """Collect ``wheel`` and every dependency as wheels in ``house`` (reused once complete).
+
+    The dependency wheels are built for the controller's Python: it must have the target's Python version
+    and platform (both run CPython 3.11 on Linux in the labs).
+    """
+    if not (house / ".complete").exists():
+        house.mkdir(parents=True, exist_ok=True)
+        _pip(["wheel", "--quiet", "--wheel-dir", str(house), str(wheel)])
+        (house / ".complete").write_text(digest + "\n")
+    return house
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.wheel:
             if not args.wheel.is_file():
                 raise MailprovError(f"no such wheel: {args.wheel}", fix="set mailprov_base_wheel to an existing .whl file")
-            result = {"wheel": str(args.wheel.resolve()), "digest": file_digest(args.wheel), "wheelhouse": ""}
+            digest = file_digest(args.wheel)
+            house = build_wheelhouse(args.wheel.resolve(), args.out / digest[:16] / "wheelhouse", digest) if args.offline else ""
+            result = {"wheel": str(args.wheel.resolve()), "digest": digest, "wheelhouse": str(house)}
         elif args.source:
             result = build(args.source.resolve(), args.out, offline=args.offline)
         else:
