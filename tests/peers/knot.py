@@ -27,6 +27,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.zone
 
+from tests.peers import stop_process
+
 START_ATTEMPTS = 100  # x 0.1 s
 STOP_TIMEOUT = 5.0
 
@@ -159,13 +161,7 @@ zone:
         """Stop knotd (SIGTERM, then SIGKILL) and reap it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT)
+        stop_process(self.process, STOP_TIMEOUT)
         self.process = None
         self.log.close()
 

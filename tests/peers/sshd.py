@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.peers import stop_process
+
 SSHD_BIN = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 START_TIMEOUT = 20.0  # seconds: an upper bound on start-up, not an assertion on speed
@@ -96,13 +98,8 @@ class SSHD:
 
     def stop(self) -> None:
         """Stop sshd (SIGTERM, then SIGKILL after a bounded wait)."""
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
+        if self._proc:
+            stop_process(self._proc, 10)
         self._proc = None
         handle = getattr(self, "_log_handle", None)
         if handle:

@@ -21,6 +21,7 @@ import dns.exception
 import dns.message
 import dns.query
 
+from tests.peers import stop_process
 from tests.peers.knot import free_port
 
 START_ATTEMPTS = 100  # x 0.1 s
@@ -111,13 +112,7 @@ class UnboundServer:
         """Stop unbound (SIGTERM, then SIGKILL) and reap it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 5)
         self.process = None
         self.log.close()
 
