@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
-import os
-import pwd
 import signal
-import sys
-from pathlib import Path
 from typing import Protocol
 
 from mailprov.config import Config
-from mailprov.errors import ConfigError, MailprovError
+from mailprov.errors import MailprovError
+from mailprov.privileges import drop_privileges, prepare_directories
 
 log = logging.getLogger("mailprov")
 SERVICE_NAMES = ("smtp", "pop3")
@@ -33,56 +29,6 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-def setup_logging(config: Config) -> None:
-    """One line per event, ``mailprov/<component>[pid]: message``, to stderr or ``paths.log_file``."""
-    handler: logging.Handler
-    if config.paths.log_file:
-        handler = logging.FileHandler(config.paths.log_file)
-        fmt = "%(asctime)s " + config.server.hostname + " %(name)s[%(process)d]: %(levelname)s %(message)s"
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(name)s[%(process)d]: %(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger("mailprov")
-    root.handlers[:] = [handler]
-    root.setLevel(config.server.log_level.upper())
-    root.propagate = False
-
-
-def prepare_directories(config: Config) -> None:
-    """Create the queue, mail and state roots; owned by the service user when running as root."""
-    owner = _service_user(config) if os.geteuid() == 0 else None
-    for path in (config.paths.queue_dir, config.paths.mail_dir, config.paths.state_dir):
-        Path(path).mkdir(parents=True, exist_ok=True, mode=0o750)
-        if owner:
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-
-
-def _service_user(config: Config) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(config.server.user)
-    except KeyError:
-        raise ConfigError(
-            "server.user",
-            f"no such user {config.server.user!r}",
-            "create it (useradd --system mailprov) or name an existing unprivileged user",
-        ) from None
-
-
-def drop_privileges(config: Config) -> None:
-    """When root: switch to ``server.user`` (and its group) for good, keeping no supplementary groups."""
-    if os.geteuid() != 0:
-        return
-    user = _service_user(config)
-    if user.pw_uid == 0:
-        raise ConfigError("server.user", "is root", "name an unprivileged user such as 'mailprov'")
-    os.setgroups([g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
-    os.umask(0o027)
-    log.info("dropped privileges to %s (uid %d)", user.pw_name, user.pw_uid)
 
 
 def build(config: Config, names: list[str]) -> list[Service]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mailprov import service
+from mailprov import logsetup, service
 from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
 
 
@@ -24,6 +24,6 @@ def serve(
 ) -> None:
     """Run the mail services in the foreground until SIGTERM; binds ports, then drops to server.user."""
     cfg = load_config(config)
-    service.setup_logging(cfg)
+    logsetup.setup_logging(cfg)
     names = list(service.SERVICE_NAMES) if which is Which.all else [which.value]
     asyncio.run(service.serve(cfg, names))

@@ -257,7 +257,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     import signal
 
     from mailprov import config as config_mod
-    from mailprov.service import drop_privileges
+    from mailprov.privileges import drop_privileges
     from mailprov.smtp.server import end_sessions, make_factory
     from mailprov.smtp.service import SMTPService
 
@@ -319,7 +319,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
 def main(argv: list[str]) -> int:
     """``python -m mailprov.smtp.workers CONFIG CHANNEL_FD TLS_FD``."""
     from mailprov import config as config_mod
-    from mailprov.service import setup_logging
+    from mailprov.logsetup import setup_logging
 
     config = config_mod.load(argv[0])
     setup_logging(config)
