@@ -105,8 +105,15 @@ class PathsConfig:
 class TLSConfig:
     cert: str = doc("PEM certificate chain. Empty: a self-signed certificate is generated in STATE_DIR/tls (with a warning).", "")
     key: str = doc("PEM private key for the certificate.", "")
+    reload_interval: float = doc(
+        "Seconds between checks of tls.cert and tls.key for a new certificate (loaded for new connections; "
+        "sessions in progress keep theirs); 0 only reloads on SIGHUP.",
+        30.0,
+    )
 
     def validate(self) -> None:
+        if self.reload_interval < 0:
+            raise ConfigError("tls.reload_interval", f"must be 0 or more, got {self.reload_interval}", "use 30 (the default) or 0")
         if bool(self.cert) != bool(self.key):
             raise ConfigError(
                 "tls.cert" if not self.cert else "tls.key",
@@ -260,6 +267,36 @@ class POP3Config:
         _check_positive(self, "pop3", "idle_timeout", "max_connections", "max_connections_per_client", "max_auth_failures")
 
 
+ACME_CHALLENGES = ("http-01",)
+
+
+@dataclass
+class ACMEConfig:
+    directory: str = doc("ACME (RFC 8555) directory URL of the CA; empty disables 'mailprov cert'.", "")
+    email: str = doc("Contact address for the ACME account (expiry and incident notices from the CA); empty for none.", "")
+    names: list[str] = doc("Names the certificate covers; empty means [server.hostname].", [])
+    challenge: str = doc("Challenge answered on this host: http-01 (port 80 of every name must reach http01_listen).", "http-01")
+    http01_listen: str = doc("Address the HTTP-01 answer is served on while a certificate is issued.", "0.0.0.0:80")
+    reuse_key: bool = doc("Keep the private key across renewals, so a published DANE 3 1 1 record stays valid.", False)
+    renew_before_days: int = doc("Renew when the certificate has fewer days left than this.", 30)
+    ca_bundle: str = doc("PEM file of CAs trusted for the ACME server's HTTPS; empty uses the system's.", "")
+    timeout: int = doc("Seconds to wait for the CA to validate and issue.", 120)
+    max_clock_skew: int = doc("Seconds the host's clock may differ from the CA's before issuing is refused.", 300)
+
+    def validate(self) -> None:
+        if self.directory and not re.match(r"^https?://", self.directory):
+            raise ConfigError(
+                "acme.directory",
+                f"{self.directory!r} is not an http(s) URL",
+                "use the CA's directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory",
+            )
+        if self.challenge not in ACME_CHALLENGES:
+            raise ConfigError("acme.challenge", f"{self.challenge!r} is not supported", f"use one of {', '.join(ACME_CHALLENGES)}")
+        parse_hostport(self.http01_listen, key="acme.http01_listen")
+        self.names = [_check_hostname(n, f"acme.names[{i}]") for i, n in enumerate(self.names)]
+        _check_positive(self, "acme", "renew_before_days", "timeout", "max_clock_skew")
+
+
 @dataclass
 class Config:
     """The whole configuration: one attribute per TOML table."""
@@ -271,6 +308,9 @@ class Config:
     queue: QueueConfig = doc("Queue scheduling and retries.", dataclasses.MISSING, default_factory=QueueConfig)
     outbound: OutboundConfig = doc("Delivery to other domains.", dataclasses.MISSING, default_factory=OutboundConfig)
     pop3: POP3Config = doc("The POP3 server.", dataclasses.MISSING, default_factory=POP3Config)
+    acme: ACMEConfig = doc(
+        "Certificates from an ACME CA (mailprov cert), installed at tls.cert and tls.key.", dataclasses.MISSING, default_factory=ACMEConfig
+    )
 
     source: str = field(default="<memory>", metadata={"internal": True})
 

@@ -28,7 +28,15 @@ class MailprovGroup(TyperGroup):
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"mailprov {__version__}")
+        from mailprov.deploy.runner import ansible_source
+        from mailprov.errors import UsageError
+
+        try:
+            base, how = ansible_source()
+            where = f"playbooks and roles: {base} ({how})"
+        except UsageError as exc:
+            where = f"playbooks and roles: none found ({exc.message})"
+        typer.echo(f"mailprov {__version__}\n{where}")
         raise typer.Exit()
 
 
@@ -49,7 +57,7 @@ def _root(
 
 
 def _register() -> None:
-    from mailprov.cli import check, config_cmd, deploy, dns, queue, serve, users
+    from mailprov.cli import cert, check, config_cmd, deploy, dns, queue, serve, users
 
     app.command("check", help=check.check.__doc__)(check.check)
     app.add_typer(dns.app, name="dns")
@@ -58,6 +66,7 @@ def _register() -> None:
     app.add_typer(users.user_app, name="user")
     app.add_typer(users.alias_app, name="alias")
     app.add_typer(queue.app, name="queue")
+    app.add_typer(cert.app, name="cert")
     deploy.register(app)
 
 

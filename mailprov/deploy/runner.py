@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,16 +25,38 @@ PLUGIN_DIR = Path(__file__).parent / "ansible_plugins" / "callback"
 STATUS_WIDTH = 8
 
 
+COLLECTION = ("mailprov", "mail")  # the roles' collection: mailprov.mail.mailprov_base, ...
+PACKAGED = Path(__file__).resolve().parents[1] / "ansible_content"  # where a built wheel carries them (setup.py)
+
+
 def ansible_dir() -> Path:
-    """The directory holding ``playbooks/`` and ``roles/`` ($MAILPROV_ANSIBLE_DIR, else the checkout)."""
+    """The directory holding ``playbooks/`` and ``roles/``: $MAILPROV_ANSIBLE_DIR, else the checkout this
+    mailprov runs from, else the copy an installed wheel carries (``mailprov/ansible_content``)."""
+    return ansible_source()[0]
+
+
+def ansible_source() -> tuple[Path, str]:
+    """Where the playbooks come from, and how that was decided (``MAILPROV_ANSIBLE_DIR``, checkout, installed)."""
     env = os.environ.get("MAILPROV_ANSIBLE_DIR")
-    base = Path(env) if env else Path(mailprov.__file__).resolve().parent.parent
-    if not (base / "playbooks" / "site.yml").is_file():
-        raise UsageError(
-            f"no playbooks/site.yml under {base}",
-            fix="run from a mailprov checkout, or set MAILPROV_ANSIBLE_DIR to the directory holding playbooks/ and roles/",
-        )
-    return base
+    checkout = Path(mailprov.__file__).resolve().parent.parent
+    candidates = [(Path(env), "MAILPROV_ANSIBLE_DIR")] if env else [(checkout, "checkout"), (PACKAGED, "installed")]
+    for base, how in candidates:
+        if (base / "playbooks" / "site.yml").is_file():
+            return base, how
+    raise UsageError(
+        f"no playbooks/site.yml under {candidates[0][0]}",
+        fix="reinstall mailprov from its wheel (it carries the playbooks), "
+        "or set MAILPROV_ANSIBLE_DIR to the directory holding playbooks/ and roles/",
+    )
+
+
+def collections_dir(base: Path, scratch: Path) -> Path:
+    """A collections path under ``scratch`` in which ``mailprov.mail`` is ``base`` (the playbooks use the
+    roles' fully qualified names, so a checkout or an installed wheel runs them as the installed collection does)."""
+    link = scratch.joinpath("ansible_collections", *COLLECTION)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(base, target_is_directory=True)
+    return scratch
 
 
 @dataclass
@@ -137,10 +160,14 @@ def run_playbook(
     if extra_vars:
         cmd += ["--extra-vars", json.dumps(extra_vars)]
     cmd += extra_args or []
+    scratch = tempfile.TemporaryDirectory(prefix="mailprov-ansible-")
     environment = dict(os.environ)
+    collections = [str(collections_dir(base, Path(scratch.name)))]
+    collections += [p for p in environment.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
     environment.update(
         {
             "ANSIBLE_ROLES_PATH": str(base / "roles"),
+            "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(collections),
             "ANSIBLE_CALLBACK_PLUGINS": str(PLUGIN_DIR),
             "ANSIBLE_STDOUT_CALLBACK": "mailprov_events",
             "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
@@ -153,6 +180,11 @@ def run_playbook(
     )
     environment.update(env or {})
     echo = echo or (lambda line: None)
+    with scratch:
+        return _run(cmd, environment, base, echo)
+
+
+def _run(cmd: list[str], environment: dict[str, str], base: Path, echo: Callable[[str], None]) -> PlaybookResult:
     result = PlaybookResult(returncode=0)
     started = time.monotonic()
     try:
