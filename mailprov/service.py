@@ -18,6 +18,7 @@ from typing import Protocol
 from mailprov.config import Config
 from mailprov.errors import MailprovError
 from mailprov.privileges import drop_privileges, prepare_directories
+from mailprov.tls import start_reloading
 
 log = logging.getLogger("mailprov")
 SERVICE_NAMES = ("smtp", "pop3")
@@ -67,6 +68,7 @@ async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None
             begin = getattr(service, "begin", None)
             if begin is not None:
                 await begin()
+        start_reloading(config)  # renewed certificates reach new connections without a restart
         log.info("%s ready: %s", config.server.hostname, ", ".join(s.name for s in started))
         if ready:
             ready.set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -73,4 +75,86 @@ def server_context(config: Config) -> ssl.SSLContext:
         from mailprov.errors import ConfigError
 
         raise ConfigError("tls.cert", f"cannot load {cert} / {key}: {exc}", "point tls.cert and tls.key at a readable PEM pair") from None
+    return watch(config, context)
+
+
+class CertificateReloader:
+    """Keeps the services' TLS contexts in step with the certificate and key files (a renewal replaced them).
+
+    Loading a chain into an existing :class:`ssl.SSLContext` changes what new handshakes present;
+    connections already established keep theirs, so no session or message is dropped. A pair that cannot
+    be loaded (a renewal between writing the key and the chain, a key the service user cannot read) is
+    logged and the current certificate stays; the next change is tried again.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = Path(cert), Path(key)
+        self.contexts: list[ssl.SSLContext] = []
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in (self.cert.stat(), self.key.stat()))
+        except OSError:
+            return None
+
+    def check(self, *, force: bool = False) -> bool:
+        """Load the files into every context when they changed (or ``force``); True when a new pair was loaded."""
+        stamp = self._files_stamp()
+        if stamp is None or (stamp == self._stamp and not force):
+            return False
+        self._stamp = stamp
+        try:
+            for context in self.contexts:
+                context.load_cert_chain(os.fspath(self.cert), os.fspath(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("new certificate %s not loaded, the current one stays in use: %s", self.cert, exc)
+            return False
+        log.info("loaded the new certificate %s for new connections", self.cert)
+        return True
+
+    async def run(self, interval: float) -> None:
+        """Check every ``interval`` seconds until cancelled (0: never; SIGHUP still calls :meth:`check`)."""
+        import asyncio
+
+        while interval > 0:
+            await asyncio.sleep(interval)
+            self.check()
+
+
+_reloader: CertificateReloader | None = None
+_tasks: set[object] = set()  # the running reload task (kept referenced)
+
+
+def reloader(config: Config) -> CertificateReloader | None:
+    """This process's reloader for ``tls.cert``/``tls.key`` (None when the certificate is generated)."""
+    global _reloader
+    if not config.tls.cert:
+        return None
+    if _reloader is None or _reloader.cert != Path(config.tls.cert):
+        _reloader = CertificateReloader(Path(config.tls.cert), Path(config.tls.key))
+    return _reloader
+
+
+def watch(config: Config, context: ssl.SSLContext) -> ssl.SSLContext:
+    """Register ``context`` for reloading when tls.cert and tls.key change; returns it."""
+    watcher = reloader(config)
+    if watcher is not None and context not in watcher.contexts:
+        watcher.contexts.append(context)
     return context
+
+
+def start_reloading(config: Config) -> None:
+    """In a running event loop: check the files every ``tls.reload_interval`` seconds, and at once on SIGHUP."""
+    import asyncio
+    import signal
+
+    watcher = reloader(config)
+    if watcher is None or not watcher.contexts:
+        return
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(watcher.check, force=True))
+    task = loop.create_task(watcher.run(config.tls.reload_interval), name="tls-reload")
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

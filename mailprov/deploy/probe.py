@@ -11,6 +11,7 @@ Checks, in order, each a :class:`~mailprov.dns.model.CheckResult` with a stable 
   probe.relay           unauthenticated relay to a foreign domain is refused (port 25 and submission)
   probe.submission      with ``--user``: AUTH over submission works and a test message is accepted
   probe.pop3            with ``--user``: that message reaches the mailbox and is fetched (and deleted) over POP3S
+  probe.cert            each certificate served: its issuer and days left; warns under 14 days, fails once expired
 
 Nothing here raises for a problem with the host: every problem is a result. Bad input raises
 :class:`~mailprov.errors.UsageError` before anything is probed.
@@ -19,6 +20,7 @@ Nothing here raises for a problem with the host: every problem is a result. Bad 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import ipaddress
 import poplib
@@ -163,6 +165,7 @@ class Prober:
         self.t = target
         self.results: list[CheckResult] = []
         self.server = f"{target.address}"
+        self.served: dict[bytes, str] = {}  # each distinct certificate served, and the first port that served it
 
     def add(self, check_id: str, status: Status, subject: str, summary: str, fix: str = "", evidence: list[Evidence] | None = None) -> None:
         self.results.append(CheckResult(check_id, status, subject, summary, fix, evidence or []))
@@ -245,6 +248,8 @@ class Prober:
 
     def _check_cert(self, label: str, der: bytes | None) -> None:
         subject = f"{label} {self.t.address}"
+        if der:
+            self.served.setdefault(der, label)
         if not der:
             self.add("probe.tls", Status.FAIL, subject, "TLS handshake gave no certificate")
             return
@@ -377,6 +382,19 @@ class Prober:
         except (OSError, poplib.error_proto, ssl.SSLError) as exc:
             self.add("probe.tls", Status.FAIL, f"pop3s-tls {self.t.address}:{self.t.pop3s_port}", f"failed: {exc}")
 
+    def cert_validity(self, now: datetime.datetime | None = None) -> None:
+        """Issuer and days left of every certificate served (warn under CERT_WARN_DAYS, fail once expired)."""
+        from cryptography import x509
+
+        from mailprov.acme.decisions import certificate_state
+
+        now = now or datetime.datetime.now(datetime.UTC)
+        for der, label in self.served.items():
+            state = certificate_state(x509.load_der_x509_certificate(der))
+            status, fix = cert_validity_status(state.days_left(now))
+            summary = f"issued by {state.issuer}, {state.days_left(now):.0f} days left (until {state.not_after:%Y-%m-%d})"
+            self.add("probe.cert", status, f"{label} {self.t.address}", summary, fix)
+
     def round_trip(self) -> None:
         """probe.submission and probe.pop3: submit to the user's own mailbox, then fetch and delete it."""
         user, password = self.t.user or "", self.t.password or ""
@@ -441,6 +459,18 @@ class Prober:
                 pop.quit()
 
 
+CERT_WARN_DAYS = 14
+
+
+def cert_validity_status(days_left: float) -> tuple[Status, str]:
+    """FAIL once expired, WARN under CERT_WARN_DAYS days, else PASS; with the fix."""
+    if days_left <= 0:
+        return Status.FAIL, "the certificate has expired: renew it (mailprov cert renew) and check the renewal timer"
+    if days_left < CERT_WARN_DAYS:
+        return Status.WARN, f"under {CERT_WARN_DAYS} days left: check that renewal runs (mailprov cert status, the renewal timer's log)"
+    return Status.PASS, ""
+
+
 def probe(target: ProbeTarget) -> Report:
     """Run every check against ``target``; the result is a one-group :class:`Report` named after the host."""
     target.validate()
@@ -452,6 +482,7 @@ def probe(target: ProbeTarget) -> Report:
         prober.relay()
     if all(up.values()):
         prober.tls_ports()
+        prober.cert_validity()
         if target.user:
             prober.round_trip()
         else:

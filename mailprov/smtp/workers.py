@@ -265,7 +265,10 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     channel = socket.socket(fileno=channel_fd)
     channel.setblocking(False)
     service = SMTPService(config, wait_for_drop=False, worker=True)
-    ctx = service.context(context_from_fd(tls_fd), runner=ChannelQueue(service, channel), connections=ChannelLimiter(channel))
+    from mailprov.tls import start_reloading, watch
+
+    tls_context = watch(config, context_from_fd(tls_fd))
+    ctx = service.context(tls_context, runner=ChannelQueue(service, channel), connections=ChannelLimiter(channel))
     factories = {mode: make_factory(ctx, mode) for mode in ("mx", "submission", "submissions")}
     drop_privileges(config)  # no-op unless root
     loop = asyncio.get_running_loop()
@@ -308,6 +311,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
             ctx.connections.release(client)
 
     await service.runner_less_start()
+    start_reloading(config)  # a renewed certificate reaches new sessions of this worker too
     loop.add_reader(channel_fd, on_connection)
     await done.wait()
     with contextlib.suppress(ValueError, OSError):
