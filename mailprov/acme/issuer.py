@@ -161,6 +161,25 @@ def renew(config: Config, *, force: bool = False, echo: Callable[[str], None] | 
     )
 
 
+def renew_every(config: Config, interval: int, *, echo: Callable[[str], None]) -> None:
+    """Run :func:`renew` now and then every ``interval`` seconds until SIGTERM; a failure is logged and retried
+    at the next turn (the installed certificate stays in use meanwhile)."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def stamped(line: str) -> None:
+        echo(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ} {line}")
+
+    while not stop.is_set():
+        try:
+            renew(config, echo=stamped)
+        except MailprovError as exc:
+            stamped(f"failed: {exc}")
+        stop.wait(interval)
+
+
 def _connect(directory: str, key: jose.JWKRSA, ca_bundle: str) -> tuple[client.ClientNetwork, client.ClientV2]:
     if ca_bundle and not Path(ca_bundle).is_file():
         raise ConfigError("acme.ca_bundle", f"{ca_bundle} does not exist", "point it at a PEM file, or leave it empty for the system's CAs")

@@ -21,6 +21,9 @@ def renew(
     config: ConfigOption = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option("--force", help="Issue even when the installed certificate is not due.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    every: Annotated[
+        int, typer.Option("--every", help="Keep running: check again every SECONDS (where no systemd timer runs it).", min=0)
+    ] = 0,
 ) -> None:
     """Issue a certificate for acme.names when none is installed, the installed one is self-signed, covers
     other names, or has fewer than acme.renew_before_days left; install it at tls.cert and tls.key.
@@ -31,6 +34,11 @@ def renew(
     from mailprov.acme.issuer import renew as run
 
     cfg = load_config(config)
+    if every:
+        from mailprov.acme.issuer import renew_every
+
+        renew_every(cfg, every, echo=typer.echo)
+        return
     outcome = run(cfg, force=force, echo=(lambda line: None) if json_out else typer.echo)
     if json_out:
         typer.echo(json.dumps(dataclasses.asdict(outcome)))

@@ -9,6 +9,9 @@ There the roles call this module on the target, with the target venv's Python::
     python -m mailprov.deploy.daemon restart ...same options as start...
     python -m mailprov.deploy.daemon status  --pidfile /run/mailprov/smtp.pid
 
+``--service cert-renew --every SECONDS`` runs the certificate renewal loop (``mailprov cert renew
+--every``) the same way: the alternative to the systemd renewal timer; it has no address to wait for.
+
 ``start`` detaches the server (double fork, new session, standard output and error appended to the log
 file) and returns once every listening address of the service accepts connections, or fails with the
 tail of the log. Each command prints one line whose first word says what happened -- ``started``,
@@ -64,13 +67,15 @@ def running_pid(pidfile: Path) -> int | None:
     if pid <= 1 or not _alive(pid):
         return None
     cmd = _cmdline(pid)
-    if cmd and "serve" not in cmd:
+    if cmd and "serve" not in cmd and "renew" not in cmd:
         return None  # the pid was reused by something else
     return pid
 
 
 def listen_addresses(config: config_mod.Config, service: str) -> list[tuple[str, int]]:
     """Where the service listens, as connectable addresses (wildcards become loopback)."""
+    if service == "cert-renew":
+        return []  # nothing to connect to: started means running
     if service == "smtp":
         values = config.smtp.listen + config.smtp.submission_listen + config.smtp.submissions_listen
     else:
@@ -97,15 +102,16 @@ def _log_tail(logfile: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def serve_command(service: str, config_path: str) -> list[str]:
+def serve_command(service: str, config_path: str, every: int = 43200) -> list[str]:
     """The command that runs the service in the foreground (the venv's ``mailprov serve``)."""
     script = Path(sys.executable).with_name("mailprov")
+    args = ["cert", "renew", "-c", config_path, "--every", str(every)] if service == "cert-renew" else ["serve", service, "-c", config_path]
     if script.exists():
-        return [str(script), "serve", service, "-c", config_path]
-    return [sys.executable, "-m", "mailprov.deploy", "serve", service, "-c", config_path]
+        return [str(script), *args]
+    return [sys.executable, "-m", "mailprov.deploy", *args]
 
 
-def start(service: str, config_path: str, pidfile: Path, logfile: Path, timeout: float) -> str:
+def start(service: str, config_path: str, pidfile: Path, logfile: Path, timeout: float, every: int = 43200) -> str:
     """Start the service detached unless it already runs; wait until all its addresses accept."""
     pid = running_pid(pidfile)
     if pid:
@@ -116,7 +122,7 @@ def start(service: str, config_path: str, pidfile: Path, logfile: Path, timeout:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
-    argv = serve_command(service, config_path)
+    argv = serve_command(service, config_path, every)
     child = os.fork()
     if child == 0:  # first child: new session, fork again so the server is not a session leader
         try:
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints one status line."""
     parser = argparse.ArgumentParser(prog="python -m mailprov.deploy.daemon", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop", "restart", "status"))
-    parser.add_argument("--service", choices=("smtp", "pop3"), default="smtp")
+    parser.add_argument("--service", choices=("smtp", "pop3", "cert-renew"), default="smtp")
+    parser.add_argument("--every", type=int, default=43200, help="cert-renew: seconds between renewal checks")
     parser.add_argument("--config", default="/etc/mailprov/mailprov.toml")
     parser.add_argument("--pidfile", required=True, type=Path)
     parser.add_argument("--logfile", type=Path, default=Path("/var/log/mailprov/mailprov.log"))
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "stop":
                 print(result)
                 return 0
-        result = start(args.service, args.config, args.pidfile, args.logfile, args.timeout)
+        result = start(args.service, args.config, args.pidfile, args.logfile, args.timeout, args.every)
         print(result if args.action == "start" else result.replace("running", "started", 1))
         return 0
     except MailprovError as exc:

@@ -11,6 +11,9 @@ target only when the digest differs from the one recorded in the target's venv. 
 that is already in ``--out`` is reused. ``--offline`` also collects every dependency as a wheel into a
 wheelhouse that the role ships, so targets need no package index. ``--wheel FILE`` skips the build and
 reports the digest of a wheel built elsewhere (with ``--offline``, its wheelhouse is cached under ``--out``).
+``--installed`` (the role's default) takes the controller's own mailprov: built from its checkout when it
+runs from one, else its installed files (a pipx or pip install from the wheel) packed back into a wheel
+with ``wheel pack``, so a deploy from an install needs no checkout.
 """
 
 from __future__ import annotations
@@ -28,10 +31,18 @@ from mailprov.errors import MailprovError
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01: the earliest timestamp a zip can hold
 
 
+# What the wheel is built from (setup.py copies the Ansible content into it).
+SOURCE_FILES = ("pyproject.toml", "README.md", "setup.py", "MANIFEST.in", "galaxy.yml")
+SOURCE_TREES = ("mailprov", "playbooks", "roles", "templates", "meta", "inventories", "examples/zones")
+# Files pip adds to an installed distribution that are not part of the wheel.
+INSTALL_RECORDS = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
+
+
 def source_digest(source: Path) -> str:
     """SHA-256 over the relative path and content of every file the wheel is built from."""
-    files = [source / "pyproject.toml", source / "README.md"]
-    files += sorted(p for p in (source / "mailprov").rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    files = [source / name for name in SOURCE_FILES]
+    for tree in SOURCE_TREES:
+        files += sorted(p for p in (source / tree).rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
     digest = hashlib.sha256()
     for path in files:
         if path.exists():
@@ -46,11 +57,15 @@ def file_digest(path: Path) -> str:
 
 
 def _pip(args: list[str]) -> None:
+    _run([sys.executable, "-m", "pip", *args], f"pip {args[0]}")
+
+
+def _run(cmd: list[str], what: str) -> None:
     env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise MailprovError(f"pip {args[0]} failed:\n{tail}", fix="check that the controller can build the project (pip, setuptools)")
+        raise MailprovError(f"{what} failed:\n{tail}", fix="check that the controller can build the project (pip, setuptools, wheel)")
 
 
 def build(source: Path, out: Path, *, offline: bool = False) -> dict[str, str]:
@@ -68,6 +83,52 @@ def build(source: Path, out: Path, *, offline: bool = False) -> dict[str, str]:
             raise MailprovError(f"pip built no mailprov wheel in {target}")
     wheelhouse = str(build_wheelhouse(wheels[0], target / "wheelhouse", digest)) if offline else ""
     return {"wheel": str(wheels[0]), "digest": digest, "wheelhouse": wheelhouse}
+
+
+def running_checkout() -> Path | None:
+    """The checkout the running mailprov is imported from, or None when it is an installed package."""
+    import mailprov
+
+    root = Path(mailprov.__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "setup.py").is_file() else None
+
+
+def installed(out: Path, *, offline: bool = False) -> dict[str, str]:
+    """The running mailprov as a wheel: built from its checkout, or its installed files packed back into one."""
+    checkout = running_checkout()
+    if checkout is not None:
+        return build(checkout, out, offline=offline)
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("mailprov")
+    except metadata.PackageNotFoundError:
+        raise MailprovError("mailprov is neither a checkout nor an installed distribution here", fix="set mailprov_base_wheel") from None
+    files = sorted(
+        f for f in dist.files or [] if f.parts[0] != ".." and "__pycache__" not in f.parts and f.name not in INSTALL_RECORDS
+    )
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f).encode() + b"\0" + Path(dist.locate_file(f)).read_bytes() + b"\0")
+    target = out / f"installed-{digest.hexdigest()[:16]}"
+    wheels = sorted(target.glob("mailprov-*.whl"))
+    if not wheels:
+        import shutil
+        import tempfile
+
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mailprov-repack-") as stage:
+            for f in files:
+                dest = Path(stage) / f
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(dist.locate_file(f), dest)
+                dest.chmod(0o644)
+            _run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(target), stage], "wheel pack")
+        wheels = sorted(target.glob("mailprov-*.whl"))
+    wheel = wheels[0]
+    digest_of_wheel = file_digest(wheel)
+    house = str(build_wheelhouse(wheel, target / "wheelhouse", digest_of_wheel)) if offline else ""
+    return {"wheel": str(wheel), "digest": digest_of_wheel, "wheelhouse": house}
 
 
 def build_wheelhouse(wheel: Path, house: Path, digest: str) -> Path:
@@ -89,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="mailprov checkout to build from")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mailprov-wheels"), help="build cache directory")
     parser.add_argument("--wheel", type=Path, help="use this prebuilt wheel instead of building")
+    parser.add_argument("--installed", action="store_true", help="the running mailprov: its checkout, or its installed files")
     parser.add_argument("--offline", action="store_true", help="also build a wheelhouse of every dependency")
     args = parser.parse_args(argv)
     try:
@@ -100,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             result = {"wheel": str(args.wheel.resolve()), "digest": digest, "wheelhouse": str(house)}
         elif args.source:
             result = build(args.source.resolve(), args.out, offline=args.offline)
+        elif args.installed:
+            result = installed(args.out, offline=args.offline)
         else:
-            raise MailprovError("give --source or --wheel")
+            raise MailprovError("give --source, --wheel or --installed")
     except MailprovError as exc:
         print(f"mailprov wheel: {exc}", file=sys.stderr)
         return 1

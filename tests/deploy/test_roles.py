@@ -83,5 +83,5 @@ def test_playbooks_parse() -> None:
         plays = yaml.safe_load((REPO / "playbooks" / name).read_text())
         assert plays and all("hosts" in p for p in plays), name
     site = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
-    assert site[0]["any_errors_fatal"] is True and site[0]["roles"][0]["role"] == "mailprov_preflight"
-    assert [r["role"] for r in site[1]["roles"]][-1] == "mailprov_probe"
+    assert site[0]["any_errors_fatal"] is True and site[0]["roles"][0]["role"] == "mailprov.mail.mailprov_preflight"
+    assert [r["role"] for r in site[1]["roles"]][-1] == "mailprov.mail.mailprov_probe"
