@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -90,6 +90,7 @@ class CertificateReloader:
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = Path(cert), Path(key)
         self.contexts: list[ssl.SSLContext] = []
+        self.on_hangup: list[Callable[[], None]] = []  # also told on SIGHUP (the SMTP master tells its workers)
         self._stamp = self._files_stamp()
 
     def _files_stamp(self) -> tuple[tuple[int, int, int], ...] | None:
@@ -112,6 +113,12 @@ class CertificateReloader:
             return False
         log.info("loaded the new certificate %s for new connections", self.cert)
         return True
+
+    def hangup(self) -> None:
+        """SIGHUP: load the files now, and pass the signal on."""
+        self.check(force=True)
+        for listener in self.on_hangup:
+            listener()
 
     async def run(self, interval: float) -> None:
         """Check every ``interval`` seconds until cancelled (0: never; SIGHUP still calls :meth:`check`)."""
@@ -150,11 +157,12 @@ def start_reloading(config: Config) -> None:
     import signal
 
     watcher = reloader(config)
-    if watcher is None or not watcher.contexts:
-        return
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
-        loop.add_signal_handler(signal.SIGHUP, functools.partial(watcher.check, force=True))
+        # Always handled: SIGHUP's default action would end the process (and drop its sessions).
+        loop.add_signal_handler(signal.SIGHUP, watcher.hangup if watcher else lambda: log.info("SIGHUP: no tls.cert to reload"))
+    if watcher is None or not watcher.contexts:
+        return
     task = loop.create_task(watcher.run(config.tls.reload_interval), name="tls-reload")
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)

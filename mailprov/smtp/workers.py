@@ -84,8 +84,22 @@ class WorkerPool:
     async def spawn(self) -> None:
         """Start the workers (before the privilege drop: each drops to ``server.user`` itself once it has
         loaded everything, as the master does)."""
+        from mailprov.tls import reloader
+
         for i in range(self.count):
             await self._spawn(i)
+        watcher = reloader(self.service.config)
+        if watcher is not None:
+            watcher.on_hangup.append(self.hangup)
+
+    def hangup(self) -> None:
+        """Pass SIGHUP on to every worker (each reloads its own TLS context)."""
+        import signal
+
+        for worker in self.workers:
+            if worker is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGHUP)
 
     async def serve(self, listeners: list[tuple[str, socket.socket]]) -> None:
         """Accept on every listener and hand the connections over."""
@@ -261,6 +275,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     from mailprov.smtp.server import end_sessions, make_factory
     from mailprov.smtp.service import SMTPService
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until start_reloading handles it: never die of a reload
     config = config_mod.load(config_path)
     channel = socket.socket(fileno=channel_fd)
     channel.setblocking(False)
