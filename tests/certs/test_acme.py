@@ -117,7 +117,9 @@ def test_untrusted_ca_certificate(installed) -> None:
 @pytest.fixture(scope="module")
 def refusing_ca(certs_root, acme_dns) -> Iterator[Pebble]:
     """Pebble rejecting every nonce (RFC 8555 6.5: badNonce), as a CA under trouble does."""
-    with Pebble(certs_root / "pebble-refusing", "127.0.15.4", 14000, acme_dns.server, http_port=5002, env={"PEBBLE_WFE_NONCEREJECT": "100"}) as ca:
+    with Pebble(
+        certs_root / "pebble-refusing", "127.0.15.4", 14000, acme_dns.server, http_port=5002, env={"PEBBLE_WFE_NONCEREJECT": "100"}
+    ) as ca:
         yield ca
 
 
@@ -153,7 +155,11 @@ class RateLimitingCA(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        problem = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new registrations from this address", "status": 429}
+        problem = {
+            "type": "urn:ietf:params:acme:error:rateLimited",
+            "detail": "too many new registrations from this address",
+            "status": 429,
+        }
         self._send(429, problem, {"Retry-After": "3600"})
 
 
@@ -183,8 +189,10 @@ def test_failed_challenge_keeps_the_old_certificate_and_the_next_run_resumes(ins
     assert resumed.returncode == 0, resumed.stderr
     assert host.key.read_bytes() == pending.read_bytes() if pending.exists() else True
     assert not pending.exists()
-    issued_key = chain(host.cert.read_bytes())[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    issued_key = (
+        chain(host.cert.read_bytes())[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     installed_key = serialization.load_pem_private_key(host.key.read_bytes(), None).public_key()
     assert issued_key == installed_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
