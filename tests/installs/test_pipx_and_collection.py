@@ -11,7 +11,7 @@ One session, as a user would go (all on 127.0.15.0/24, nothing from the checkout
 4. a forced renewal on the host, SIGHUP to the services: ``mailprov probe --expect-cert`` sees the new
    certificate on every port;
 5. ``ansible-galaxy collection build`` + ``install``; the user's own playbook calls
-   ``mailprov.mail.mailprov_probe`` against the host, and a bad variable is refused by the argument specs.
+   ``mailprov.mail.mailprov_preflight`` for the host, and a bad variable is refused by the argument specs.
 """
 
 from __future__ import annotations
@@ -247,17 +247,14 @@ def user_playbook(installed: Session, name: str, play: dict) -> subprocess.Compl
 def test_users_own_playbook_calls_the_collections_roles(installed: Session) -> None:
     assert installed.deploy is not None and installed.deploy.returncode == 0
     play = {
-        "name": "My mail host, checked with the mailprov.mail collection",
+        "name": "My mail host's DNS, checked with the mailprov.mail collection",
         "hosts": "mailprov",
-        "gather_facts": True,
-        "gather_subset": ["min"],
-        "vars": {"mailprov_base_install": "none"},  # keep the venv the deploy made
-        "roles": [{"role": "mailprov.mail.mailprov_probe"}],
+        "gather_facts": False,
+        "roles": [{"role": "mailprov.mail.mailprov_preflight"}],
     }
-    proc = user_playbook(installed, "probe", play)
+    proc = user_playbook(installed, "preflight", play)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "Probe the running services from the controller" in proc.stdout
-    assert "failed=0" in proc.stdout
+    assert "mailprov.mail.mailprov_preflight : " in proc.stdout and "failed=0" in proc.stdout
 
 
 def test_the_argument_specs_refuse_a_bad_variable(installed: Session) -> None:
