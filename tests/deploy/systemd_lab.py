@@ -69,7 +69,7 @@ def image() -> Path:
                 f"--include={','.join(IMAGE_PACKAGES)}",
                 # Keep apt's lists and cache: the roles' package installs then work offline.
                 "--skip=cleanup/apt",
-                "--customize-hook=chroot \"$1\" apt-get install --download-only -y --no-install-recommends " + " ".join(CACHED_PACKAGES),
+                '--customize-hook=chroot "$1" apt-get install --download-only -y --no-install-recommends ' + " ".join(CACHED_PACKAGES),
                 SUITE,
                 str(tmp),
                 MIRROR,
