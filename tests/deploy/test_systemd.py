@@ -448,6 +448,11 @@ def test_difficult_host_resident_mta_half_made_venv_and_a_busy_port(systemd_lab:
     assert any("exim4" in f.msg and "mailprov_mta_replace_resident_mta" in f.msg for f in refused.failures), refused.failures
     assert refused.changed_tasks() == []
     assert gamma.run("systemctl", "is-active", "exim4").stdout.strip() == "active"
+    # The probe does not take exim4's answer on port 25 for mailprov's.
+    probe = [sys.executable, "-m", "mailprov.deploy", "probe", name, "--resolver", f"{DNS_ADDRESS}:{DNS_PORT}", "--format", "json"]
+    report = json.loads(subprocess.run(probe, capture_output=True, text=True, timeout=300).stdout)["domains"][0]["checks"]
+    on_25 = next(c for c in report if c["id"] == "probe.port" and c["subject"] == f"smtp {address}:25")
+    assert on_25["status"] == "fail" and "another server answers" in on_25["summary"] and "Exim" in on_25["summary"], on_25
 
     inventory = lab.inventory([name], lab.root / "gamma.yml", mailprov_mta_replace_resident_mta=True)
     foreign = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
