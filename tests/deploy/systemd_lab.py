@@ -40,6 +40,9 @@ MIRROR = "http://deb.debian.org/debian"
 IMAGE_PACKAGES = ("systemd-sysv", "dbus", "openssh-server", "python3")
 # Downloaded into apt's cache only: the roles install the first two themselves; exim4 plays the resident MTA.
 CACHED_PACKAGES = ("python3-venv", "openssl", "exim4-daemon-light")
+# Not 22: the network is shared, and any other booted Debian on this machine whose openssh-server starts
+# (another suite's fresh machine, say) listens on 0.0.0.0:22 and would answer for every address.
+SSH_PORT = 2209
 BOOT_TIMEOUT = 90.0  # seconds: upper bounds on waits, not assertions on speed
 STOP_TIMEOUT = 60.0
 
@@ -118,7 +121,7 @@ class Container:
 
     def prepare(self, authorized_key: str) -> None:
         """Copy the image and configure what a provider would before first boot: machine-id, host name,
-        root's SSH key, and sshd listening on this container's address only (the network is shared)."""
+        root's SSH key, and sshd listening on this container's address only, on SSH_PORT (the network is shared)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(image()), str(self.root)], check=True)
         (self.root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
@@ -130,7 +133,7 @@ class Container:
         conf = self.root / "etc" / "ssh" / "sshd_config.d" / "mailprov-lab.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text(
-            f"ListenAddress {self.address}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            f"Port {SSH_PORT}\nListenAddress {self.address}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 50:30:100\n"
         )
 
@@ -162,7 +165,7 @@ class Container:
                 time.sleep(0.05)
                 continue
             state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded") and _accepts(self.address, 22):
+            if state in ("running", "degraded") and self._sshd_listens():
                 return time.monotonic() - started
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not boot within {BOOT_TIMEOUT:.0f}s (state {state!r}): {self.console_tail()}")
@@ -170,6 +173,12 @@ class Container:
     def console_tail(self) -> str:
         """The end of the container's console output (boot messages)."""
         return self.console.read_text(errors="replace")[-2000:]
+
+    def _sshd_listens(self) -> bool:
+        """Whether the container's own sshd (not another server) accepts on its address."""
+        if not _accepts(self.address, SSH_PORT):
+            return False
+        return self.run("systemctl", "is-active", "ssh", check=False).stdout.strip() == "active"
 
     def run(self, *argv: str, check: bool = True, timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (its mount, UTS, IPC and PID namespaces) as root."""

@@ -38,7 +38,7 @@ from mailprov.deploy.runner import PlaybookResult, run_playbook
 from mailprov.deploy.wheel import build as build_wheel
 from tests.conftest import require_programs
 from tests.deploy import lab as pidfile_lab
-from tests.deploy.systemd_lab import IMAGE_CACHE, Container, image
+from tests.deploy.systemd_lab import IMAGE_CACHE, SSH_PORT, Container, image
 from tests.peers.knot import KnotServer
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -132,6 +132,7 @@ class SystemdLab:
         hosts = {
             name: {
                 "ansible_host": HOSTS[name][0],
+                "ansible_port": SSH_PORT,
                 "mailprov_users_list": [{"address": HOSTS[name][1], "password": HOSTS[name][2]}],
             }
             for name in names
@@ -174,7 +175,7 @@ def systemd_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdLab
                 container.prepare(key.with_suffix(".pub").read_text())
                 timings[f"copy {container.name}"] = time.monotonic() - started
             known_hosts = root / "known_hosts"
-            known_hosts.write_text("".join(f"{c.address} {c.host_key}\n" for c in containers.values()))
+            known_hosts.write_text("".join(f"[{c.address}]:{SSH_PORT} {c.host_key}\n" for c in containers.values()))
             _boot_all(list(containers.values()), timings)
             yield SystemdLab(root, containers, key, known_hosts, wheel, timings)
     finally:
