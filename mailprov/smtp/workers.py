@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailprov import maillog
+from mailprov.errors import MailprovError
 from mailprov.queue.store import QueueItem
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailprov.smtp")
 MESSAGE_MAX = 512
+READY_TIMEOUT = 60.0  # seconds for the workers to load and say they are ready
 
 
 def tls_memfd(cert: str, key: str) -> int:
@@ -68,6 +70,7 @@ class _Worker:
     channel: socket.socket
     load: int = 0
     clients: dict[str, int] = field(default_factory=dict)
+    ready: bool = False
 
 
 class WorkerPool:
@@ -80,6 +83,7 @@ class WorkerPool:
         self.workers: list[_Worker | None] = [None] * count
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._all_ready = asyncio.Event()
 
     async def spawn(self) -> None:
         """Start the workers (before the privilege drop: each drops to ``server.user`` itself once it has
@@ -107,6 +111,14 @@ class WorkerPool:
         for mode, sock in listeners:
             sock.setblocking(False)
             self._tasks.append(loop.create_task(self._accept(mode, sock), name=f"smtp-accept-{mode}"))
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every worker has said it is ready (loaded, privileges dropped, reading its channel)."""
+        try:
+            await asyncio.wait_for(self._all_ready.wait(), timeout)
+        except TimeoutError:
+            waiting = ", ".join(str(i) for i, w in enumerate(self.workers) if w is None or not w.ready)
+            raise MailprovError(f"SMTP workers {waiting} were not ready within {timeout:.0f}s", fix="see the log lines above") from None
 
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -146,6 +158,10 @@ class WorkerPool:
                 self.service.runner.notify(value)
             elif kind == "C":
                 self._release(worker, value)
+            elif kind == "R":
+                worker.ready = True
+                if all(w is not None and w.ready for w in self.workers):
+                    self._all_ready.set()
 
     def _release(self, worker: _Worker, client: str) -> None:
         left = worker.clients.get(client, 0)
@@ -328,6 +344,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     await service.runner_less_start()
     start_reloading(config)  # a renewed certificate reaches new sessions of this worker too
     loop.add_reader(channel_fd, on_connection)
+    channel.send(b"R")  # ready: the master counts the service ready once every worker said so
     await done.wait()
     with contextlib.suppress(ValueError, OSError):
         loop.remove_reader(channel_fd)
