@@ -296,17 +296,18 @@ class MailprovSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
-    async def smtp_HELO(self, hostname: str) -> None:
+    async def _helo_refused(self, hostname: str) -> bool:
         refusal = policy.helo_decision(hostname)
         if refusal:
             await self.push(refusal.reply())
-            return
-        await super().smtp_HELO(hostname)
+        return refusal is not None
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not await self._helo_refused(hostname):
+            await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        refusal = policy.helo_decision(hostname)
-        if refusal:
-            await self.push(refusal.reply())
+        if await self._helo_refused(hostname):
             return
         self.command_size_limits.clear()  # aiosmtpd adds to these on every EHLO; start afresh each time
         self._in_ehlo = True
