@@ -214,7 +214,7 @@ class Session:
 
     def _refuse(self, text: str) -> list[Action]:
         """A -ERR for a well-formed command that cannot be done now ("no such message", "use STLS
-        first"): not a protocol error, so it does not count toward MAX_ERRORS (as Dovecot)."""
+        first"): not a protocol error, so it does not count toward MAX_ERRORS."""
         return [_err(text)]
 
     def _error(self, text: str) -> list[Action]:
