@@ -47,10 +47,9 @@ from mailprov.config import Config
 from mailprov.delivery.base import Envelope, Outcome, Result, group_by_domain
 from mailprov.delivery.dkim import DKIMSigner
 from mailprov.delivery.mta_sts import Fetcher, HTTPSFetcher, PolicyCache
-from mailprov.delivery.remote import transaction
 from mailprov.delivery.remote.connect import Connector, SessionError, relay_name
 from mailprov.delivery.remote.pool import ConnectionPool, DestinationSlots
-from mailprov.delivery.remote.transaction import MAX_REPLY
+from mailprov.delivery.remote.transaction import MAX_REPLY, converse, decide, prepare
 from mailprov.delivery.routing import Hop, Route, Router, RoutingError
 from mailprov.delivery.tlspolicy import TLSPolicy, policy_for
 
@@ -241,15 +240,15 @@ class RemoteCourier:
             batch = attempt.recipients[:RECIPIENTS_PER_TRANSACTION]
             xfer_start = time.monotonic()
             smtp = session.smtp
-            plan, replies = transaction.prepare(envelope, batch, message, smtp.esmtp_extensions, relay)
+            plan, replies = prepare(envelope, batch, message, smtp.esmtp_extensions, relay)
             keep = True
             if plan is not None:
                 try:
-                    talk = await transaction.converse(smtp, plan, self.config.outbound.command_timeout)
+                    talk = await converse(smtp, plan, self.config.outbound.command_timeout)
                 except BaseException:  # cancelled, or a bug: the connection's state is unknown, drop it
                     smtp.close()
                     raise
-                outcome = transaction.decide(plan, talk, relay, reused=reused)
+                outcome = decide(plan, talk, relay, reused=reused)
                 if outcome.stale:
                     smtp.close()
                     if reused:  # the server closed an idle connection: open a fresh one and go again
