@@ -50,6 +50,13 @@ def check(
     ns_port: Annotated[int, typer.Option("--ns-port", help="Port of the domains' name servers for --authoritative (labs).")] = 53,
     concurrency: Annotated[int, typer.Option("--concurrency", help="DNS queries in flight at once.")] = 256,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Table format: show the evidence (queries, servers, answers).")] = False,
+    dnssec: Annotated[
+        bool,
+        typer.Option("--dnssec", help="Validate DNSSEC from the root zone's key and check DANE (the resolver must answer for the root)."),
+    ] = False,
+    trust_anchor: Annotated[
+        Path | None, typer.Option("--trust-anchor", help="DS/DNSKEY records to trust instead of the root's (labs); implies --dnssec.")
+    ] = None,
 ) -> None:
     """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS.
 
@@ -88,6 +95,8 @@ def check(
         concurrency=concurrency,
         authoritative=authoritative,
         ns_port=ns_port,
+        dnssec=dnssec,
+        trust_anchor=trust_anchor,
     )
     report = asyncio.run(check_domains(names, options))
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))

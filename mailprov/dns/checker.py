@@ -19,8 +19,10 @@ from pathlib import Path
 
 import dns.name
 
+from mailprov.dns.dane import check_dane
 from mailprov.dns.dkim import check_dkim
 from mailprov.dns.dmarc import check_dmarc
+from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
 from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
 from mailprov.dns.mx import check_mx, host_addresses
@@ -33,6 +35,7 @@ from mailprov.errors import UsageError
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+MAX_MX_HOSTS = 10  # live and DANE checks look at no more MX hosts than this (a sender tries fewer)
 _RANK = {Status.PASS: 0, Status.SKIP: 0, Status.WARN: 1, Status.FAIL: 2}
 
 
@@ -50,6 +53,9 @@ class CheckOptions:
     domain_concurrency: int = 200  # domains checked at once
     authoritative: bool = False  # also ask each domain's own name servers
     ns_port: int = 53  # port of those name servers (labs and tests use another)
+    dnssec: bool = False  # validate DNSSEC (and check DANE) from the trust anchors
+    trust_anchor: Path | None = None  # DS/DNSKEY records to trust instead of the root zone's KSK (labs)
+    anchors: list[TrustAnchor] = field(default_factory=list)  # filled by validate_options
 
 
 def normalize_name(value: str, what: str = "domain") -> str:
@@ -85,6 +91,10 @@ def validate_options(options: CheckOptions) -> None:
         raise UsageError("--authoritative asks the domains' name servers; it cannot be combined with --zone", fix="drop one of them")
     if options.concurrency < 1 or options.domain_concurrency < 1:
         raise UsageError("concurrency must be at least 1")
+    if options.trust_anchor is not None:
+        options.dnssec = True
+    if options.dnssec and not options.anchors:
+        options.anchors = load_trust_anchors(options.trust_anchor)
 
 
 def make_source(options: CheckOptions) -> Source:
@@ -95,12 +105,15 @@ def make_source(options: CheckOptions) -> Source:
     return NetworkSource(options.resolvers or system_resolvers(), timeout=options.timeout, concurrency=options.concurrency)
 
 
-async def check_domain(source: Source, domain: str, options: CheckOptions) -> DomainReport:
-    """Every check for one (already normalised) domain, through ``source``."""
+async def check_domain(source: Source, domain: str, options: CheckOptions, validator: Validator | None = None) -> DomainReport:
+    """Every check for one (already normalised) domain, through ``source`` (DNSSEC and DANE with a ``validator``)."""
     report = DomainReport(domain)
     mx = await check_mx(source, domain)
     report.checks.extend(mx.results)
     if not mx.exists:
+        if validator is not None and any(c.status == Status.ERROR for c in mx.results):
+            # A validating resolver answers SERVFAIL for bogus data: the DNSSEC check (asking with CD) says why.
+            report.checks.extend(await check_dnssec(validator, domain, []))
         return report
 
     host_task = None
@@ -110,6 +123,7 @@ async def check_domain(source: Source, domain: str, options: CheckOptions) -> Do
         report.checks.append(
             CheckResult("host.address", Status.SKIP, ", ".join(options.ips), "skipped: no --host name to compare the --ip addresses with")
         )
+    dnssec_task = asyncio.ensure_future(_dnssec_and_dane(validator, domain, mx.hosts)) if validator is not None else None
     record_checks = asyncio.gather(
         check_spf(source, domain),
         check_dmarc(source, domain),
@@ -132,9 +146,19 @@ async def check_domain(source: Source, domain: str, options: CheckOptions) -> Do
     )
     report.checks.extend(r for results in ptr_results for r in results)
     report.checks.extend(await record_checks)
+    if dnssec_task is not None:
+        report.checks.extend(await dnssec_task)
     # The provisioned host's addresses must be allowed to send for the domain.
     report.checks.extend(await asyncio.gather(*(check_spf_sender(source, domain, ip) for ip in own)))
     return report
+
+
+async def _dnssec_and_dane(validator: Validator, domain: str, hosts: list[str]) -> list[CheckResult]:
+    """``dnssec`` for the domain and its MX hosts, then ``dane`` for each MX host (when a resolver can tell)."""
+    results = await check_dnssec(validator, domain, hosts)
+    if validator.available:
+        results.extend(await asyncio.gather(*(check_dane(validator, host) for host in hosts[:MAX_MX_HOSTS])))
+    return results
 
 
 async def _name_servers(source: Source, domain: str) -> tuple[str | None, list[str], list[Answer]]:
@@ -244,11 +268,12 @@ async def check_domains(domains: list[str], options: CheckOptions | None = None,
     own = source is None
     source = source or make_source(options)
     limit = asyncio.Semaphore(options.domain_concurrency)
+    validator = Validator(source, options.anchors) if options.dnssec else None
 
     async def one(domain: str) -> DomainReport:
         async with limit:
             try:
-                report = await check_domain(source, domain, options)
+                report = await check_domain(source, domain, options, validator)
                 if options.authoritative:
                     await _authoritative(source, domain, options, report)
             except Exception as exc:  # a bug must not hide the other domains' results, nor show a traceback

@@ -1,0 +1,129 @@
+"""A DNSSEC lab on 127.0.14.0/24: Knot signing zones itself, Unbound validating in front, broken cases made for real.
+
+``diag.test`` (the lab's trust anchor, signed by Knot) delegates to:
+
+- ``good.diag.test``: signed by Knot, its DS at the parent; MX, host address and a TLSA record (DANE);
+- ``unsigned.diag.test``: not signed, no DS (insecure), with a TLSA record (meaningless without DNSSEC);
+- ``badds.diag.test``: signed by Knot, but the parent's DS is that of another key (a DS matching no DNSKEY);
+- ``expired.diag.test``: signed (by dnspython) with signatures that expired 3 days ago, served as is by Knot.
+
+Knot signs with a manual policy and a combined signing key (CSK) generated with ``keymgr`` before it
+starts, so that the parent's DS records can be written into its zone first. Unbound validates from the
+trust anchor of ``diag.test`` and asks Knot through stub zones; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import dns.dnssec
+import dns.name
+import dns.rdatatype
+import dns.zone
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.peers.knot import KnotServer
+
+KNOT_ADDRESS = "127.0.14.1"
+UNBOUND_ADDRESS = "127.0.14.2"
+GOOD_MX_ADDRESS = "127.0.14.10"  # mail.good.diag.test (mx.tls tests serve SMTP here)
+SOA = "@ SOA ns.diag.test. hostmaster.diag.test. 1 3600 600 86400 300\n@ NS ns.diag.test.\n"
+
+
+def _keymgr(conf: Path, *args: str) -> str:
+    done = subprocess.run(["keymgr", "-c", str(conf), *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"keymgr {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+class SigningKnot(KnotServer):
+    """Knot with DNSSEC signing (manual policy, one pre-generated CSK) for the zones in ``signed``."""
+
+    def __init__(self, workdir: Path, address: str, port: int, zones: dict[str, str], signed: set[str]) -> None:
+        super().__init__(workdir, address, port, zones)
+        self.signed = signed
+
+    def _config(self) -> str:
+        text = super()._config()
+        policy = "policy:\n  - id: lab\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n    manual: on\n    nsec3: off\n"
+        text = text.replace("template:\n", policy + "template:\n", 1)
+        for name in self.signed:
+            text = re.sub(
+                rf'(  - domain: "{re.escape(name)}"\n    file: "[^"]*"\n)', r"\1    dnssec-signing: on\n    dnssec-policy: lab\n", text
+            )
+        return text
+
+    def generate_keys(self) -> dict[str, list[str]]:
+        """Write the config, generate a CSK per signed zone; returns each zone's DS records (presentation format)."""
+        (self.workdir / "db").mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "knot.conf"
+        conf.write_text(self._config())
+        out = {}
+        for name in sorted(self.signed):
+            _keymgr(conf, name, "generate", "algorithm=ecdsap256sha256", "ksk=yes", "zsk=yes")
+            out[name] = [line for line in _keymgr(conf, name, "ds").splitlines() if " DS " in line and " 13 2 " in line]
+        return out
+
+
+def _expired_zone(origin: str) -> tuple[str, str]:
+    """A zone signed with signatures valid from 30 days ago to 3 days ago (past any resolver's clock skew allowance), and its DS (SHA-256)."""
+    text = (
+        f"$ORIGIN {origin}.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.12\n"
+        f'_25._tcp.mail TLSA 3 1 1 {"ab" * 32}\n@ TXT "v=spf1 mx -all"\n'
+    )
+    zone = dns.zone.from_text(text, origin=origin + ".", relativize=False)
+    private = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(private.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257)
+    now = int(time.time())
+    with zone.writer() as txn:
+        dns.dnssec.sign_zone(zone, txn, keys=[(private, dnskey)], inception=now - 30 * 86400, expiration=now - 3 * 86400, dnskey_ttl=300)
+    ds = dns.dnssec.make_ds(origin + ".", dnskey, "SHA256")
+    return zone.to_text(relativize=False), f"{origin}. DS {ds.to_text()}"
+
+
+def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict[str, str]:
+    """The parent and child zones; ``ds`` holds the DS records of the Knot-signed children."""
+    wrong_key = dns.dnssec.make_dnskey(ec.generate_private_key(ec.SECP256R1()).public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, 257)
+    wrong_ds = dns.dnssec.make_ds("badds.diag.test.", wrong_key, "SHA256").to_text()
+    parent = (
+        f"$ORIGIN diag.test.\n$TTL 300\n{SOA}ns A {KNOT_ADDRESS}\n"
+        "good NS ns.diag.test.\nunsigned NS ns.diag.test.\nbadds NS ns.diag.test.\nexpired NS ns.diag.test.\n"
+        + "".join(line + "\n" for line in ds["good.diag.test"])
+        + f"badds DS {wrong_ds}\n{expired_ds}\n"
+    )
+    good = (
+        f"$ORIGIN good.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A {GOOD_MX_ADDRESS}\n{tlsa_good}\n"
+        '@ TXT "v=spf1 mx -all"\n_dmarc TXT "v=DMARC1; p=reject"\n'
+    )
+    unsigned = f"$ORIGIN unsigned.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.11\n_25._tcp.mail TLSA 3 1 1 {'cd' * 32}\n"
+    badds = f"$ORIGIN badds.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.13\n"
+    reverse = (
+        f"$ORIGIN 14.0.127.in-addr.arpa.\n$TTL 300\n{SOA}"
+        + "".join(f"{n} PTR mail.{z}.diag.test.\n" for n, z in ((10, "good"), (11, "unsigned"), (12, "expired"), (13, "badds")))
+    )
+    return {
+        "diag.test": parent,
+        "good.diag.test": good,
+        "unsigned.diag.test": unsigned,
+        "badds.diag.test": badds,
+        "14.0.127.in-addr.arpa": reverse,
+    }
+
+
+def start_lab(workdir: Path, tlsa_good: str) -> tuple[SigningKnot, list[str]]:
+    """Start the signing Knot (not yet the resolver); returns it and the trust anchor of ``diag.test``."""
+    signed = {"diag.test", "good.diag.test", "badds.diag.test"}
+    names = ("diag.test", "good.diag.test", "unsigned.diag.test", "badds.diag.test", "expired.diag.test", "14.0.127.in-addr.arpa")
+    placeholder = {n: "" for n in names}
+    knot = SigningKnot(workdir, KNOT_ADDRESS, 0, placeholder, signed)
+    ds = knot.generate_keys()
+    expired_text, expired_ds = _expired_zone("expired.diag.test")
+    zones = lab_zones(ds, expired_ds, tlsa_good)
+    zones["expired.diag.test"] = expired_text
+    knot.zones = zones
+    knot.start()
+    return knot, ds["diag.test"]

@@ -1,0 +1,193 @@
+"""``dnssec`` and ``dane`` against real peers: Knot signing zones, Unbound validating, broken cases made for real.
+
+Unbound's own verdict (AD bit, or SERVFAIL for bogus data) is asked beside ours for every case, so the
+lab is proven to be what the test says it is (signed, unsigned, bogus) before our checker is judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rrset
+import pytest
+from typer.testing import CliRunner
+
+from mailprov.cli import app
+from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.dnssec import ROOT_ANCHORS, Security, Validator, parse_trust_anchors, signature_problem
+from mailprov.dns.resolver import NetworkSource
+from mailprov.errors import UsageError
+from tests.conftest import require_programs
+from tests.dns import dnssec_lab as lab
+from tests.outbound.pki import TestCA
+from tests.peers.unbound import UnboundServer
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A CA and the certificate of mail.good.diag.test (its TLSA record is in the lab)."""
+    return TestCA(tmp_path_factory.mktemp("pki"), "diagnosis test CA")
+
+
+@pytest.fixture(scope="module")
+def good_cert(pki: TestCA):
+    return pki.issue("mail.good.diag.test", addresses=(lab.GOOD_MX_ADDRESS,))
+
+
+@pytest.fixture(scope="module")
+def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, good_cert) -> Iterator[dict]:
+    """Knot signing the lab zones and Unbound validating from the lab's trust anchor; yields where they are."""
+    require_programs("knotd", "keymgr", "unbound")
+    from mailprov.dns.dane import tlsa_for_certificate
+
+    tlsa = f"_25._tcp.mail TLSA {tlsa_for_certificate(good_cert.cert.read_bytes())}"
+    knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa)
+    try:
+        stubs = {zone: f"{knot.address}@{knot.port}" for zone in knot.zones}
+        with UnboundServer(tmp_path_factory.mktemp("validating-unbound"), lab.UNBOUND_ADDRESS, 0, stubs, trust_anchors=anchor) as unbound:
+            anchor_file = tmp_path_factory.mktemp("anchor") / "diag.test.ds"
+            anchor_file.write_text("\n".join(anchor) + "\n")
+            yield {"resolver": f"{unbound.address}:{unbound.port}", "unbound": unbound, "knot": knot, "anchor": anchor_file}
+    finally:
+        knot.stop()
+
+
+def unbound_says(unbound: UnboundServer, name: str, rdtype: str) -> str:
+    """Unbound's own verdict: 'secure' (AD), 'insecure' (an answer without AD) or 'bogus' (SERVFAIL)."""
+    query = dns.message.make_query(name, rdtype, want_dnssec=True)
+    response = dns.query.udp(query, unbound.address, port=unbound.port, timeout=5)
+    if response.rcode() == dns.rcode.SERVFAIL:
+        return "bogus"
+    return "secure" if response.flags & dns.flags.AD else "insecure"
+
+
+def run_check(dnssec_lab: dict, domain: str) -> dict:
+    result = CliRunner().invoke(
+        app,
+        ["check", domain, "--resolver", dnssec_lab["resolver"], "--trust-anchor", str(dnssec_lab["anchor"]), "--format", "json"],
+    )
+    assert result.exit_code in (0, 1, 3), result.output
+    data = json.loads(result.stdout)
+    data["exit_code"] = result.exit_code
+    return data
+
+
+def results(data: dict, check_id: str) -> dict[str, dict]:
+    return {c["subject"]: c for c in data["domains"][0]["checks"] if c["id"] == check_id}
+
+
+@pytest.mark.parametrize(
+    ("domain", "unbound_verdict"),
+    [("good.diag.test", "secure"), ("unsigned.diag.test", "insecure"), ("badds.diag.test", "bogus"), ("expired.diag.test", "bogus")],
+)
+def test_the_lab_is_what_it_claims(dnssec_lab: dict, domain: str, unbound_verdict: str) -> None:
+    """Unbound, validating from the same anchor, agrees with the case's label (RFC 4035 5)."""
+    assert unbound_says(dnssec_lab["unbound"], domain, "MX") == unbound_verdict
+
+
+def test_signed_zone_passes_with_its_chain(dnssec_lab: dict) -> None:
+    """A zone whose DS at the parent matches its key, and whose RRsets are signed: pass, with the chain walked."""
+    data = run_check(dnssec_lab, "good.diag.test")
+    dnssec = results(data, "dnssec")
+    assert dnssec["good.diag.test"]["status"] == "pass", dnssec
+    assert "diag.test. -> good.diag.test." in dnssec["good.diag.test"]["summary"]
+    assert dnssec["mail.good.diag.test"]["status"] == "pass"
+    assert data["exit_code"] == 0
+    queries = [r["query"] for r in dnssec["good.diag.test"]["records"]]
+    assert "diag.test. DNSKEY" in queries and "good.diag.test. DS" in queries and "good.diag.test. DNSKEY" in queries
+
+
+def test_unsigned_zone_warns(dnssec_lab: dict) -> None:
+    """A delegation without DS, proven by the parent's signed NSEC (RFC 4035 5.2): insecure, a warning."""
+    data = run_check(dnssec_lab, "unsigned.diag.test")
+    dnssec = results(data, "dnssec")["unsigned.diag.test"]
+    assert dnssec["status"] == "warn"
+    assert "without a DS record (proven by NSEC)" in dnssec["summary"]
+    assert "sign the zone" in dnssec["fix"]
+
+
+def test_ds_matching_no_key_fails_naming_both(dnssec_lab: dict) -> None:
+    """The parent's DS names a key the child does not have: bogus, naming the DS and the child's keys."""
+    data = run_check(dnssec_lab, "badds.diag.test")
+    assert data["exit_code"] == 1
+    dnssec = results(data, "dnssec")["badds.diag.test"]
+    assert dnssec["status"] == "fail"
+    assert "matches no DNSKEY of badds.diag.test." in dnssec["summary"]
+
+
+def test_expired_signature_fails_saying_when(dnssec_lab: dict) -> None:
+    """Signatures past their expiration (RFC 4034 3.1.5): bogus, naming the RRset and the expiry date."""
+    data = run_check(dnssec_lab, "expired.diag.test")
+    dnssec = results(data, "dnssec")["expired.diag.test"]
+    assert dnssec["status"] == "fail"
+    assert "DNSKEY RRset of expired.diag.test." in dnssec["summary"]
+    assert "signature expired" in dnssec["summary"]
+
+
+def test_no_resolver_for_the_root_is_an_error_not_a_verdict(dnssec_lab: dict) -> None:
+    """With the root's anchor, a lab resolver that refuses '.' leaves the check incomplete (exit 3), never 'bogus'."""
+    result = CliRunner().invoke(app, ["check", "good.diag.test", "--resolver", dnssec_lab["resolver"], "--dnssec", "--format", "json"])
+    assert result.exit_code == 3, result.output
+    dnssec = results(json.loads(result.stdout), "dnssec")["good.diag.test"]
+    assert dnssec["status"] == "error"
+    assert "DNSKEY of ." in dnssec["summary"]
+
+
+def test_validator_caches_each_zone_walk(dnssec_lab: dict) -> None:
+    """Two names under one zone walk the chain once: the DS and DNSKEY queries are not repeated."""
+    host, port = dnssec_lab["resolver"].split(":")
+
+    async def run() -> tuple[Security, Security, int]:
+        source = NetworkSource([(host, int(port))])
+        asked: list[str] = []
+        original = source.query_dnssec
+
+        async def counting(name: str, rdtype: str):  # type: ignore[no-untyped-def]
+            asked.append(f"{name} {rdtype}")
+            return await original(name, rdtype)
+
+        source.query_dnssec = counting  # type: ignore[method-assign]
+        validator = Validator(source, parse_trust_anchors(dnssec_lab["anchor"].read_text()))
+        try:
+            a, b = await asyncio.gather(validator.validate("good.diag.test.", "MX"), validator.validate("mail.good.diag.test.", "A"))
+        finally:
+            source.close()
+        return a.security, b.security, asked.count("good.diag.test. DS")
+
+    first, second, ds_queries = asyncio.run(run())
+    assert (first, second) == (Security.SECURE, Security.SECURE)
+    assert ds_queries == 1
+
+
+def test_zone_files_skip_dnssec(zone_files: list[Path]) -> None:
+    """Zone files carry no signatures to check: the check says so (skip), it does not guess."""
+    report = asyncio.run(check_domains(["alpha.test"], CheckOptions(zone_files=zone_files, dnssec=True)))
+    dnssec = [c for c in report.domains[0].checks if c.id == "dnssec"]
+    assert [c.status for c in dnssec] == ["skip"]
+
+
+def test_trust_anchor_parsing() -> None:
+    """The built-in root anchors parse; a bad line is a usage error naming the line."""
+    anchors = parse_trust_anchors(ROOT_ANCHORS)
+    assert [a.zone.to_text() for a in anchors] == ["."]
+    assert sorted(d.key_tag for d in anchors[0].ds) == [20326, 38696]
+    with pytest.raises(UsageError, match="line 2"):
+        parse_trust_anchors("lab. DS 1 13 2 " + "00" * 32 + "\nlab. A 192.0.2.1\n")
+    with pytest.raises(UsageError, match="no DS or DNSKEY"):
+        parse_trust_anchors("; only a comment\n")
+
+
+def test_signature_problem_names_a_missing_rrsig() -> None:
+    """An RRset of a signed zone without RRSIG is bogus (RFC 4035 5.3): the reason names the RRset."""
+    rrset = dns.rrset.from_text("mail.lab.", 300, "IN", "A", "192.0.2.1")
+    keys = dns.rrset.from_text("lab.", 300, "IN", "DNSKEY", "257 3 13 " + "A" * 88)
+    problem = signature_problem(rrset, None, dns.name.from_text("lab."), keys, 0)
+    assert problem == "the A RRset of mail.lab. has no RRSIG, but lab. is signed"
