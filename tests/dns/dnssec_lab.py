@@ -70,7 +70,7 @@ class SigningKnot(KnotServer):
 
 
 def _expired_zone(origin: str) -> tuple[str, str]:
-    """A zone signed with signatures valid from 30 days ago to 3 days ago (past any resolver's clock skew allowance), and its DS (SHA-256)."""
+    """A zone signed with signatures valid from 30 days ago to 3 days ago (past resolvers' clock skew allowance), and its DS (SHA-256)."""
     text = (
         f"$ORIGIN {origin}.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.12\n"
         f'_25._tcp.mail TLSA 3 1 1 {"ab" * 32}\n@ TXT "v=spf1 mx -all"\n'
