@@ -35,6 +35,10 @@ def plan(
     report_address: Annotated[str | None, typer.Option("--report-address", help="Address for DMARC and TLS reports.")] = None,
     ttl: Annotated[int, typer.Option("--ttl", help="TTL of the planned records, in seconds.")] = 3600,
     fmt: Annotated[str, typer.Option("--format", help="zone (a BIND snippet) or json.")] = "zone",
+    tlsa_from: Annotated[
+        list[Path] | None,
+        typer.Option("--tlsa-from", help="Certificate (PEM) the MTA serves: print its DANE TLSA 3 1 1 record; repeat for the next key."),
+    ] = None,
 ) -> None:
     """Print the records DOMAIN must publish for a new mail host, as a BIND zone snippet or JSON."""
     from mailprov.dns.plan import make_plan, render_json, render_zone
@@ -55,6 +59,7 @@ def plan(
         dmarc_policy=dmarc_policy,
         report_address=report_address,
         ttl=ttl,
+        tlsa_from=list(tlsa_from or []),
     )
     if result.dkim_key_created:
         typer.echo(f"wrote DKIM private key {result.dkim_key_file} (mode 0600)", err=True)

@@ -101,9 +101,8 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     )
     unsigned = f"$ORIGIN unsigned.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.11\n_25._tcp.mail TLSA 3 1 1 {'cd' * 32}\n"
     badds = f"$ORIGIN badds.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.13\n"
-    reverse = (
-        f"$ORIGIN 14.0.127.in-addr.arpa.\n$TTL 300\n{SOA}"
-        + "".join(f"{n} PTR mail.{z}.diag.test.\n" for n, z in ((10, "good"), (11, "unsigned"), (12, "expired"), (13, "badds")))
+    reverse = f"$ORIGIN 14.0.127.in-addr.arpa.\n$TTL 300\n{SOA}" + "".join(
+        f"{n} PTR mail.{z}.diag.test.\n" for n, z in ((10, "good"), (11, "unsigned"), (12, "expired"), (13, "badds"))
     )
     return {
         "diag.test": parent,

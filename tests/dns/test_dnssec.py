@@ -191,3 +191,45 @@ def test_signature_problem_names_a_missing_rrsig() -> None:
     keys = dns.rrset.from_text("lab.", 300, "IN", "DNSKEY", "257 3 13 " + "A" * 88)
     problem = signature_problem(rrset, None, dns.name.from_text("lab."), keys, 0)
     assert problem == "the A RRset of mail.lab. has no RRSIG, but lab. is signed"
+
+
+def test_plan_tlsa_from_certificates_is_what_dane_matches(tmp_path: Path, pki: TestCA, good_cert) -> None:
+    """``dns plan --tlsa-from`` prints 3 1 1 records (current key, then the next) that match the certificates (RFC 7671 5.1)."""
+    from cryptography import x509
+
+    from mailprov.dns.dane import load_certificate, tlsa_matches
+
+    next_cert = pki.issue("next.mail.good.diag.test")
+    result = CliRunner().invoke(
+        app,
+        [*PLAN, "--no-tls-rpt", "--tlsa-from", str(good_cert.cert), "--tlsa-from", str(next_cert.cert), "--format", "json"],
+    )
+    assert result.exit_code == 0, result.output
+    tlsa = [r for r in json.loads(result.stdout)["records"] if r["type"] == "TLSA"]
+    assert [r["name"] for r in tlsa] == ["_25._tcp.mail.good.diag.test."] * 2
+    for record, cert in zip(tlsa, (good_cert.cert, next_cert.cert), strict=True):
+        usage, selector, mtype, data = record["value"].split()
+        assert (usage, selector, mtype) == ("3", "1", "1")
+        leaf: x509.Certificate = load_certificate(cert.read_bytes())
+        assert tlsa_matches(3, 1, 1, bytes.fromhex(data), leaf)
+    assert "next key" in tlsa[1]["comment"]
+    bad = CliRunner().invoke(
+        app, ["dns", "plan", "good.diag.test", "--host", "mail.good.diag.test", "--ip", "127.0.14.10", "--tlsa-from", str(tmp_path)]
+    )
+    assert bad.exit_code == 2 and "cannot read certificate" in bad.output
+
+
+PLAN = ["dns", "plan", "good.diag.test", "--host", "mail.good.diag.test", "--ip", lab.GOOD_MX_ADDRESS]
+
+
+def test_tlsa_record_problems_for_smtp() -> None:
+    """RFC 7672 3.1.3: PKIX usages are unusable for SMTP; RFC 6698 2.1: digests have fixed lengths."""
+    from mailprov.dns.dane import record_problems
+    from mailprov.dns.model import Status
+
+    assert record_problems(3, 1, 1, b"x" * 32) is None
+    assert record_problems(2, 0, 2, b"x" * 64) is None
+    assert record_problems(1, 1, 1, b"x" * 32)[0] == Status.FAIL
+    assert record_problems(3, 1, 1, b"x" * 20)[0] == Status.FAIL
+    assert record_problems(3, 1, 0, b"x" * 300)[0] == Status.WARN
+    assert record_problems(4, 1, 1, b"x" * 32)[0] == Status.FAIL
