@@ -54,6 +54,14 @@ def check(
         bool,
         typer.Option("--dnssec", help="Validate DNSSEC from the root zone's key and check DANE (the resolver must answer for the root)."),
     ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Live: connect to each MX (STARTTLS, TLS version, certificate) and fetch the MTA-STS policy.")
+    ] = False,
+    smtp_port: Annotated[int, typer.Option("--smtp-port", help="Port of the MX hosts for --tls (labs).")] = 25,
+    https_port: Annotated[int, typer.Option("--https-port", help="Port of mta-sts.DOMAIN for the policy fetch (labs).")] = 443,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="CA certificates (PEM) to verify with instead of the system's (labs).")
+    ] = None,
     trust_anchor: Annotated[
         Path | None, typer.Option("--trust-anchor", help="DS/DNSKEY records to trust instead of the root's (labs); implies --dnssec.")
     ] = None,
@@ -97,6 +105,10 @@ def check(
         ns_port=ns_port,
         dnssec=dnssec,
         trust_anchor=trust_anchor,
+        tls=tls,
+        smtp_port=smtp_port,
+        https_port=https_port,
+        ca_file=ca_file,
     )
     report = asyncio.run(check_domains(names, options))
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))

@@ -25,7 +25,8 @@ from mailprov.dns.dmarc import check_dmarc
 from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
 from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
-from mailprov.dns.mx import check_mx, host_addresses
+from mailprov.dns.mx import MXOutcome, check_mx, host_addresses
+from mailprov.dns.mx_tls import judge, probe_starttls
 from mailprov.dns.ptr import check_address, check_host_address
 from mailprov.dns.resolver import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Answer, NetworkSource, Source, fmt_server, system_resolvers
 from mailprov.dns.spf import check_spf, check_spf_sender
@@ -56,6 +57,10 @@ class CheckOptions:
     dnssec: bool = False  # validate DNSSEC (and check DANE) from the trust anchors
     trust_anchor: Path | None = None  # DS/DNSKEY records to trust instead of the root zone's KSK (labs)
     anchors: list[TrustAnchor] = field(default_factory=list)  # filled by validate_options
+    tls: bool = False  # live: connect to each MX (STARTTLS, certificate) and fetch the MTA-STS policy
+    smtp_port: int = 25  # port of the MX hosts for --tls (labs use another)
+    https_port: int = 443  # port of mta-sts.DOMAIN for the policy fetch (labs)
+    ca_file: Path | None = None  # CA certificates to verify with instead of the system's (labs)
 
 
 def normalize_name(value: str, what: str = "domain") -> str:
@@ -91,6 +96,11 @@ def validate_options(options: CheckOptions) -> None:
         raise UsageError("--authoritative asks the domains' name servers; it cannot be combined with --zone", fix="drop one of them")
     if options.concurrency < 1 or options.domain_concurrency < 1:
         raise UsageError("concurrency must be at least 1")
+    for what, port in (("--smtp-port", options.smtp_port), ("--https-port", options.https_port)):
+        if not 0 < port < 65536:
+            raise UsageError(f"{what} {port} is out of range", fix="use a port from 1 to 65535")
+    if options.ca_file is not None and not options.ca_file.is_file():
+        raise UsageError(f"--ca-file {options.ca_file} is not a readable file", fix="give a PEM file of CA certificates")
     if options.trust_anchor is not None:
         options.dnssec = True
     if options.dnssec and not options.anchors:
@@ -123,7 +133,7 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
         report.checks.append(
             CheckResult("host.address", Status.SKIP, ", ".join(options.ips), "skipped: no --host name to compare the --ip addresses with")
         )
-    dnssec_task = asyncio.ensure_future(_dnssec_and_dane(validator, domain, mx.hosts)) if validator is not None else None
+    live_task = asyncio.ensure_future(_live(validator, domain, mx, options)) if validator is not None or options.tls else None
     record_checks = asyncio.gather(
         check_spf(source, domain),
         check_dmarc(source, domain),
@@ -146,18 +156,37 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
     )
     report.checks.extend(r for results in ptr_results for r in results)
     report.checks.extend(await record_checks)
-    if dnssec_task is not None:
-        report.checks.extend(await dnssec_task)
+    if live_task is not None:
+        report.checks.extend(await live_task)
     # The provisioned host's addresses must be allowed to send for the domain.
     report.checks.extend(await asyncio.gather(*(check_spf_sender(source, domain, ip) for ip in own)))
     return report
 
 
-async def _dnssec_and_dane(validator: Validator, domain: str, hosts: list[str]) -> list[CheckResult]:
-    """``dnssec`` for the domain and its MX hosts, then ``dane`` for each MX host (when a resolver can tell)."""
-    results = await check_dnssec(validator, domain, hosts)
-    if validator.available:
-        results.extend(await asyncio.gather(*(check_dane(validator, host) for host in hosts[:MAX_MX_HOSTS])))
+async def _live(validator: Validator | None, domain: str, mx: MXOutcome, options: CheckOptions) -> list[CheckResult]:
+    """``mx.tls`` (``--tls``: STARTTLS of each MX), ``dnssec``, then ``dane`` (comparing the served certificates)."""
+    hosts = mx.hosts[:MAX_MX_HOSTS]
+    pairs = [(host, address) for host in hosts for address, owners in mx.addresses.items() if host in owners][:MAX_MX_HOSTS]
+    cafile = str(options.ca_file) if options.ca_file else None
+    probes = []
+    if options.tls:
+        probes = await asyncio.gather(
+            *(probe_starttls(host, address, options.smtp_port, timeout=options.timeout, cafile=cafile) for host, address in pairs)
+        )
+    served = {}
+    for probe in probes:
+        if probe.leaf_der is not None:
+            served.setdefault(probe.host + ".", probe.leaf_der)
+    results: list[CheckResult] = []
+    matched: dict[str, bool | None] = {}
+    if validator is not None:
+        results.extend(await check_dnssec(validator, domain, mx.hosts))
+        if validator.available:
+            dane = await asyncio.gather(*(check_dane(validator, host, served.get(host)) for host in hosts))
+            for host, (result, match) in zip(hosts, dane, strict=True):
+                results.append(result)
+                matched[host] = match
+    results[:0] = [judge(probe, dane_match=matched.get(probe.host + ".")) for probe in probes]
     return results
 
 

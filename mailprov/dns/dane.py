@@ -76,16 +76,15 @@ def tlsa_matches(usage: int, selector: int, matching: int, data: bytes, leaf: x5
     return usage == 3 and association(leaf, selector, matching) == data
 
 
-async def check_dane(validator: Validator, host: str, served: bytes | None = None) -> CheckResult:
-    """The ``dane`` result for one MX host; ``served`` is the DER certificate its STARTTLS showed (``--tls``)."""
+async def check_dane(validator: Validator, host: str, served: bytes | None = None) -> tuple[CheckResult, bool | None]:
+    """The ``dane`` result for one MX host, and whether ``served`` (the DER certificate its STARTTLS showed with
+    ``--tls``) matches a signed DANE-EE record (None when there is nothing to compare)."""
     name = host.rstrip(".")
     owner = f"_25._tcp.{name}."
     verdict = await validator.validate(owner, "TLSA")
     records = [rd for rd in (verdict.answer.records if verdict.answer else [])]
-    if verdict.security == Security.ERROR:
-        return verdict_result("dane", name, f"{owner} TLSA", verdict)
-    if verdict.security == Security.BOGUS:
-        return verdict_result("dane", name, f"{owner} TLSA", verdict)
+    if verdict.security in (Security.ERROR, Security.BOGUS):
+        return verdict_result("dane", name, f"{owner} TLSA", verdict), None
     if verdict.security == Security.INSECURE:
         if not verdict.answer:
             # The walk stopped at an unsigned zone before asking: ask for the TLSA records themselves.
@@ -93,7 +92,8 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
             records = answer.records
             verdict.evidence.append(answer.evidence())
         if not records:
-            return CheckResult("dane", Status.SKIP, name, f"no TLSA record at {owner} (DANE needs DNSSEC, and the zone is not signed)")
+            skip = CheckResult("dane", Status.SKIP, name, f"no TLSA record at {owner} (DANE needs DNSSEC, and the zone is not signed)")
+            return skip, None
         return CheckResult(
             "dane",
             Status.WARN,
@@ -101,7 +101,7 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
             f"{len(records)} TLSA record(s) at {owner}, but the zone is not signed: senders ignore them (RFC 7672 2.2): {verdict.reason}",
             fix="sign the zone and publish its DS at the parent, or remove the TLSA records",
             records=verdict.evidence,
-        )
+        ), None
     if not records:
         return CheckResult(
             "dane",
@@ -110,7 +110,7 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
             f"no TLSA record at {owner}: the zone is signed, so DANE could protect mail to {name} against downgrade and false certificates",
             fix=f"publish '{owner} TLSA 3 1 1 <digest>': 'mailprov dns plan DOMAIN --host {name} --tlsa-from CERT' prints it",
             records=verdict.evidence,
-        )
+        ), None
     statuses: list[Status] = []
     notes: list[str] = []
     usable = []
@@ -130,9 +130,11 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
         statuses.append(Status.WARN)
         notes.append("only one usable TLSA record: publish the next key's record beside it before changing keys (RFC 7671 8.1)")
         fix = "generate the next key now and publish its '3 1 1' record too; switch keys once both have been out for the TTL"
+    matched = None
     if served is not None and usable:
         leaf = load_certificate(served)
-        if any(tlsa_matches(rd.usage, rd.selector, rd.mtype, rd.cert, leaf) for rd in usable):
+        matched = any(tlsa_matches(rd.usage, rd.selector, rd.mtype, rd.cert, leaf) for rd in usable)
+        if matched:
             notes.append("the certificate served over STARTTLS matches")
         elif any(rd.usage == 3 for rd in usable):
             statuses.append(Status.FAIL)
@@ -143,4 +145,4 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
     status = worst(statuses) if statuses else Status.PASS
     listed = ", ".join(f"{rd.usage} {rd.selector} {rd.mtype}" for rd in records)
     summary = f"TLSA at {owner} ({listed}), signed: " + "; ".join(notes)
-    return CheckResult("dane", status, name, summary, fix if status != Status.PASS else "", verdict.evidence)
+    return CheckResult("dane", status, name, summary, fix if status != Status.PASS else "", verdict.evidence), matched
