@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.flags
@@ -25,39 +24,9 @@ from mailprov.dns.checker import CheckOptions, check_domains
 from mailprov.dns.dnssec import ROOT_ANCHORS, Security, Validator, parse_trust_anchors, signature_problem
 from mailprov.dns.resolver import NetworkSource
 from mailprov.errors import UsageError
-from tests.conftest import require_programs
 from tests.dns import dnssec_lab as lab
 from tests.outbound.pki import TestCA
 from tests.peers.unbound import UnboundServer
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    """A CA and the certificate of mail.good.diag.test (its TLSA record is in the lab)."""
-    return TestCA(tmp_path_factory.mktemp("pki"), "diagnosis test CA")
-
-
-@pytest.fixture(scope="module")
-def good_cert(pki: TestCA):
-    return pki.issue("mail.good.diag.test", addresses=(lab.GOOD_MX_ADDRESS,))
-
-
-@pytest.fixture(scope="module")
-def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, good_cert) -> Iterator[dict]:
-    """Knot signing the lab zones and Unbound validating from the lab's trust anchor; yields where they are."""
-    require_programs("knotd", "keymgr", "unbound")
-    from mailprov.dns.dane import tlsa_for_certificate
-
-    tlsa = f"_25._tcp.mail TLSA {tlsa_for_certificate(good_cert.cert.read_bytes())}"
-    knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa)
-    try:
-        stubs = {zone: f"{knot.address}@{knot.port}" for zone in knot.zones}
-        with UnboundServer(tmp_path_factory.mktemp("validating-unbound"), lab.UNBOUND_ADDRESS, 0, stubs, trust_anchors=anchor) as unbound:
-            anchor_file = tmp_path_factory.mktemp("anchor") / "diag.test.ds"
-            anchor_file.write_text("\n".join(anchor) + "\n")
-            yield {"resolver": f"{unbound.address}:{unbound.port}", "unbound": unbound, "knot": knot, "anchor": anchor_file}
-    finally:
-        knot.stop()
 
 
 def unbound_says(unbound: UnboundServer, name: str, rdtype: str) -> str:
