@@ -24,7 +24,7 @@ from mailprov.dns.dkim import check_dkim
 from mailprov.dns.dmarc import check_dmarc
 from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
-from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
+from mailprov.dns.mta_sts import check_mta_sts, check_mta_sts_policy, check_tls_rpt
 from mailprov.dns.mx import MXOutcome, check_mx, host_addresses
 from mailprov.dns.mx_tls import judge, probe_starttls
 from mailprov.dns.ptr import check_address, check_host_address
@@ -155,7 +155,14 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
         *(check_address(source, ip, expect_host=options.host if ip in own else None, role=role) for ip, role in roles.items())
     )
     report.checks.extend(r for results in ptr_results for r in results)
-    report.checks.extend(await record_checks)
+    records = await record_checks
+    report.checks.extend(records)
+    if options.tls:
+        cafile = str(options.ca_file) if options.ca_file else None
+        policy = check_mta_sts_policy(
+            source, domain, mx.hosts, records[3], port=options.https_port, ca_file=cafile, timeout=options.timeout
+        )
+        report.checks.append(await policy)
     if live_task is not None:
         report.checks.extend(await live_task)
     # The provisioned host's addresses must be allowed to send for the domain.

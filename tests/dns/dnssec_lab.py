@@ -35,6 +35,7 @@ from tests.peers.knot import KnotServer
 KNOT_ADDRESS = "127.0.14.1"
 UNBOUND_ADDRESS = "127.0.14.2"
 GOOD_MX_ADDRESS = "127.0.14.10"  # mail.good.diag.test (mx.tls tests serve SMTP here)
+STS_ADDRESS = "127.0.14.20"  # mta-sts.good.diag.test (the MTA-STS tests serve the policy here)
 SOA = "@ SOA ns.diag.test. hostmaster.diag.test. 1 3600 600 86400 300\n@ NS ns.diag.test.\n"
 
 
@@ -126,6 +127,7 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     good = (
         f"$ORIGIN good.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A {GOOD_MX_ADDRESS}\n{tlsa_good}\n"
         '@ TXT "v=spf1 mx -all"\n_dmarc TXT "v=DMARC1; p=reject"\n'
+        f'_mta-sts TXT "v=STSv1; id=20261130"\nmta-sts A {STS_ADDRESS}\n'
     )
     unsigned = f"$ORIGIN unsigned.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.11\n_25._tcp.mail TLSA 3 1 1 {'cd' * 32}\n"
     badds = f"$ORIGIN badds.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.13\n"
