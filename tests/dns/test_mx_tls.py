@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from mailprov.cli import app
@@ -132,13 +133,16 @@ def test_wrong_name_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: P
     assert "not valid for mail.badds.diag.test" in tls["summary"] and "mismatch" in tls["summary"].lower()
 
 
-def test_certificate_expiring_soon_warns(dnssec_lab: dict, pki: TestCA, tmp_path: Path, our_mta) -> None:
-    """Valid, but expiring within 14 days: a warning to renew."""
+def test_certificate_expiring_soon_warns(pki: TestCA, tmp_path: Path) -> None:
+    """Valid, but expiring within 14 days: a warning to renew (judged from the certificate a probe fetched)."""
+    from mailprov.dns.dane import load_certificate
+
     cert = lab.issue_certificate(pki, "mail.good.diag.test", days=5, directory=tmp_path)
-    port = our_mta(lab.GOOD_MX_ADDRESS, "mail.good.diag.test", cert)
-    _, found = check(knot_resolver(dnssec_lab), "good.diag.test", port, pki)
-    tls = found["mx.tls mail.good.diag.test (127.0.14.10)"]
-    assert tls["status"] == "warn" and "expires in 4 day(s)" in tls["summary"]
+    leaf = load_certificate(cert.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    probe = TlsProbe("mail.good.diag.test", lab.GOOD_MX_ADDRESS, 25, stage="done", banner="mail", ehlo=["mail"], starttls_offered=True)
+    probe.tls_version, probe.cipher, probe.leaf_der = "TLSv1.3", "TLS_AES_256_GCM_SHA384", leaf
+    result = judge(probe)
+    assert result.status == Status.WARN and "expires in 4 day(s)" in result.summary
 
 
 def test_refused_connection_is_an_error_saying_where(dnssec_lab: dict, pki: TestCA) -> None:
