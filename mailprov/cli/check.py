@@ -62,6 +62,13 @@ def check(
     ca_file: Annotated[
         Path | None, typer.Option("--ca-file", help="CA certificates (PEM) to verify with instead of the system's (labs).")
     ] = None,
+    dnsbl: Annotated[
+        bool, typer.Option("--dnsbl", help="Look the MX and --ip addresses up in zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org.")
+    ] = False,
+    dnsbl_zone: Annotated[
+        list[str] | None,
+        typer.Option("--dnsbl-zone", help="A blocklist zone to use instead of the defaults (repeatable; implies --dnsbl)."),
+    ] = None,
     trust_anchor: Annotated[
         Path | None, typer.Option("--trust-anchor", help="DS/DNSKEY records to trust instead of the root's (labs); implies --dnssec.")
     ] = None,
@@ -109,6 +116,8 @@ def check(
         smtp_port=smtp_port,
         https_port=https_port,
         ca_file=ca_file,
+        dnsbl=dnsbl,
+        dnsbl_zones=list(dnsbl_zone or []),
     )
     report = asyncio.run(check_domains(names, options))
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))

@@ -22,6 +22,7 @@ import dns.name
 from mailprov.dns.dane import check_dane
 from mailprov.dns.dkim import check_dkim
 from mailprov.dns.dmarc import check_dmarc
+from mailprov.dns.dnsbl import DEFAULT_ZONES, check_dnsbl
 from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
 from mailprov.dns.mta_sts import check_mta_sts, check_mta_sts_policy, check_tls_rpt
@@ -61,6 +62,8 @@ class CheckOptions:
     smtp_port: int = 25  # port of the MX hosts for --tls (labs use another)
     https_port: int = 443  # port of mta-sts.DOMAIN for the policy fetch (labs)
     ca_file: Path | None = None  # CA certificates to verify with instead of the system's (labs)
+    dnsbl: bool = False  # look the MX and --ip addresses up in blocklists
+    dnsbl_zones: list[str] = field(default_factory=list)  # the lists (empty with dnsbl: DEFAULT_ZONES)
 
 
 def normalize_name(value: str, what: str = "domain") -> str:
@@ -101,6 +104,11 @@ def validate_options(options: CheckOptions) -> None:
             raise UsageError(f"{what} {port} is out of range", fix="use a port from 1 to 65535")
     if options.ca_file is not None and not options.ca_file.is_file():
         raise UsageError(f"--ca-file {options.ca_file} is not a readable file", fix="give a PEM file of CA certificates")
+    if options.dnsbl_zones:
+        options.dnsbl = True
+        options.dnsbl_zones = [normalize_name(z, "--dnsbl-zone") for z in options.dnsbl_zones]
+    elif options.dnsbl:
+        options.dnsbl_zones = list(DEFAULT_ZONES)
     if options.trust_anchor is not None:
         options.dnssec = True
     if options.dnssec and not options.anchors:
@@ -155,6 +163,8 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
         *(check_address(source, ip, expect_host=options.host if ip in own else None, role=role) for ip, role in roles.items())
     )
     report.checks.extend(r for results in ptr_results for r in results)
+    if options.dnsbl:
+        report.checks.extend(await asyncio.gather(*(check_dnsbl(source, ip, options.dnsbl_zones, role) for ip, role in roles.items())))
     records = await record_checks
     report.checks.extend(records)
     if options.tls:

@@ -9,7 +9,9 @@
 
 Knot signs with a manual policy and a combined signing key (CSK) generated with ``keymgr`` before it
 starts, so that the parent's DS records can be written into its zone first. Unbound validates from the
-trust anchor of ``diag.test`` and asks Knot through stub zones; nothing leaves the machine.
+trust anchor of ``diag.test`` and asks Knot through stub zones; nothing leaves the machine. The same Knot
+serves the reverse zone of 127.0.14.0/24 and two blocklist zones (``zen.spamhaus.org``, ``bl.spamcop.net``)
+for the ``dnsbl`` tests.
 """
 
 from __future__ import annotations
@@ -134,7 +136,17 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     reverse = f"$ORIGIN 14.0.127.in-addr.arpa.\n$TTL 300\n{SOA}" + "".join(
         f"{n} PTR mail.{z}.diag.test.\n" for n, z in ((10, "good"), (11, "unsigned"), (12, "expired"), (13, "badds"))
     )
+    # Blocklists as Knot zones under the real lists' names (served on loopback only): 127.0.14.10 is clean,
+    # .11 is listed, .12 gets Spamhaus's answer to public resolvers, .13 an answer a rewriting resolver gives.
+    head = f"$TTL 300\n{SOA}"
+    spamhaus = (
+        head + '11.14.0.127 A 127.0.0.2\n11.14.0.127 A 127.0.0.4\n11.14.0.127 TXT "https://check.spamhaus.org/sbl/query/SBL1"\n'
+        "12.14.0.127 A 127.255.255.254\n13.14.0.127 A 198.51.100.7\n"
+    )
+    spamcop = head + "11.14.0.127 A 127.0.0.2\n"
     return {
+        "zen.spamhaus.org": spamhaus,
+        "bl.spamcop.net": spamcop,
         "diag.test": parent,
         "good.diag.test": good,
         "unsigned.diag.test": unsigned,
@@ -147,6 +159,7 @@ def start_lab(workdir: Path, tlsa_good: str) -> tuple[SigningKnot, list[str]]:
     """Start the signing Knot (not yet the resolver); returns it and the trust anchor of ``diag.test``."""
     signed = {"diag.test", "good.diag.test", "badds.diag.test"}
     names = ("diag.test", "good.diag.test", "unsigned.diag.test", "badds.diag.test", "expired.diag.test", "14.0.127.in-addr.arpa")
+    names += ("zen.spamhaus.org", "bl.spamcop.net")
     placeholder = {n: "" for n in names}
     knot = SigningKnot(workdir, KNOT_ADDRESS, 0, placeholder, signed)
     ds = knot.generate_keys()
