@@ -19,11 +19,13 @@ from pathlib import Path
 
 import dns.name
 
+from mailprov.dns.caa import check_caa
 from mailprov.dns.dane import check_dane
 from mailprov.dns.dkim import check_dkim
 from mailprov.dns.dmarc import check_dmarc
 from mailprov.dns.dnsbl import DEFAULT_ZONES, check_dnsbl
 from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
+from mailprov.dns.ipv6 import check_ipv6
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
 from mailprov.dns.mta_sts import check_mta_sts, check_mta_sts_policy, check_tls_rpt
 from mailprov.dns.mx import MXOutcome, check_mx, host_addresses
@@ -141,7 +143,7 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
         report.checks.append(
             CheckResult("host.address", Status.SKIP, ", ".join(options.ips), "skipped: no --host name to compare the --ip addresses with")
         )
-    live_task = asyncio.ensure_future(_live(validator, domain, mx, options)) if validator is not None or options.tls else None
+    live_task = asyncio.ensure_future(_live(source, validator, domain, mx, options)) if validator is not None or options.tls else None
     record_checks = asyncio.gather(
         check_spf(source, domain),
         check_dmarc(source, domain),
@@ -163,6 +165,7 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
         *(check_address(source, ip, expect_host=options.host if ip in own else None, role=role) for ip, role in roles.items())
     )
     report.checks.extend(r for results in ptr_results for r in results)
+    report.checks.append(check_ipv6(domain, mx))
     if options.dnsbl:
         report.checks.extend(await asyncio.gather(*(check_dnsbl(source, ip, options.dnsbl_zones, role) for ip, role in roles.items())))
     records = await record_checks
@@ -180,8 +183,8 @@ async def check_domain(source: Source, domain: str, options: CheckOptions, valid
     return report
 
 
-async def _live(validator: Validator | None, domain: str, mx: MXOutcome, options: CheckOptions) -> list[CheckResult]:
-    """``mx.tls`` (``--tls``: STARTTLS of each MX), ``dnssec``, then ``dane`` (comparing the served certificates)."""
+async def _live(source: Source, validator: Validator | None, domain: str, mx: MXOutcome, options: CheckOptions) -> list[CheckResult]:
+    """``mx.tls`` (``--tls``: STARTTLS of each MX), ``dnssec``, ``dane`` (comparing the served certificates), ``caa`` (``--tls``)."""
     hosts = mx.hosts[:MAX_MX_HOSTS]
     pairs = [(host, address) for host in hosts for address, owners in mx.addresses.items() if host in owners][:MAX_MX_HOSTS]
     cafile = str(options.ca_file) if options.ca_file else None
@@ -204,6 +207,8 @@ async def _live(validator: Validator | None, domain: str, mx: MXOutcome, options
                 results.append(result)
                 matched[host] = match
     results[:0] = [judge(probe, dane_match=matched.get(probe.host + ".")) for probe in probes]
+    if options.tls:
+        results.extend(await asyncio.gather(*(check_caa(source, host) for host in hosts)))
     return results
 
 

@@ -74,7 +74,7 @@ def interpret(zone: str, answers: list[str]) -> tuple[str, list[str]]:
     info = LISTS.get(zone.rstrip(".").lower())
     refusals = []
     meanings = []
-    for answer in answers:
+    for answer in sorted(answers, key=lambda a: ipaddress.ip_address(a).packed):  # a stable order: codes ascending
         ip = ipaddress.ip_address(answer)
         if answer in REFUSALS:
             refusals.append(f"{answer}: {REFUSALS[answer]}")
