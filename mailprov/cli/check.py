@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -78,7 +77,9 @@ def check(
     Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
     """
-    # Imported here so that other commands do not pay for dnspython and cryptography at start-up.
+    # Imported here so that other commands (and --help) do not pay for asyncio, dnspython and cryptography.
+    import asyncio
+
     from mailprov.dns.checker import CheckOptions, check_domains
     from mailprov.dns.model import Status
     from mailprov.dns.report import render

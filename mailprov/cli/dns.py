@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mailprov.config import parse_hostport
-from mailprov.errors import ConfigError, UsageError
+from mailprov.errors import UsageError
 
 app = typer.Typer(help="Plan the DNS records a mail domain must publish; serve zone files.", no_args_is_help=True)
 
@@ -72,7 +67,15 @@ def serve_zones_cmd(
     listen: Annotated[str, typer.Option("--listen", help="Address and port, HOST:PORT or [V6]:PORT.")] = "127.0.0.1:5353",
 ) -> None:
     """Serve zone files as an authoritative DNS server (UDP and TCP) in the foreground until Ctrl-C or SIGTERM."""
+    # Imported here, not at the top: --help and the other commands do not pay for asyncio and the config schema.
+    import asyncio
+    import contextlib
+    import errno
+    import signal
+
+    from mailprov.config import parse_hostport
     from mailprov.dns.zoneserver import serve_zones
+    from mailprov.errors import ConfigError
 
     try:
         host, port = parse_hostport(listen, key="--listen")
