@@ -93,3 +93,17 @@ def test_caa_closest_record_applies(zone: Path) -> None:
     assert inherited.status == Status.PASS and "inherited from ext.test." in inherited.summary and "letsencrypt.org" in inherited.summary
     closed = asyncio.run(check_caa(source, "mx2.ext.test."))
     assert closed.status == Status.WARN and "allows no CA" in closed.summary
+
+
+def test_every_check_id_has_a_docs_entry() -> None:
+    """Each id the checks can emit has its row (what, why, fix) in docs/dns.md."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    source = "\n".join(p.read_text() for p in (root / "mailprov" / "dns").glob("*.py"))
+    ids = set(re.findall(r'(?:CheckResult|as_error|verdict_result)\(\s*"([a-z0-9_.]+)"', source))
+    ids |= set(re.findall(r'await _check\(source, domain, "([a-z0-9_.]+)"', source))
+    assert {"dnssec", "dane", "mx.tls", "mta_sts.policy", "dnsbl", "ipv6", "caa", "mta_sts", "tls_rpt"} <= ids
+    docs = (root / "docs" / "dns.md").read_text()
+    missing = sorted(i for i in ids if f"| `{i}` |" not in docs)
+    assert not missing, f"no row in docs/dns.md for {missing}"
