@@ -318,11 +318,17 @@ class Validator:
     async def validate(self, name: str, rdtype: str) -> Verdict:
         """Validate the ``rdtype`` RRset at ``name`` (or its signed absence)."""
         owner = dns.name.from_text(name)
-        chain = await self.chain(owner)
+        answer = await self._ask(owner, rdtype)
+        # The signer name of the answer's RRSIGs says which zone to walk to: the names between that zone's
+        # apex and the owner lie inside it, so no DS is asked for them. An unsigned answer walks to the owner
+        # itself, which finds the unsigned delegation (insecure) or the missing signature (bogus).
+        signer = _signer(answer, owner)
+        chain = await self.chain(signer if signer is not None and owner.is_subdomain(signer) else owner)
+        evidence = [*chain.evidence, answer.evidence()]
+        if chain.security == Security.INSECURE:
+            return Verdict(chain.security, chain.reason, evidence, answer if not answer.error else None, chain.path)
         if chain.security != Security.SECURE:
             return Verdict(chain.security, chain.reason, list(chain.evidence), path=chain.path)
-        answer = await self._ask(owner, rdtype)
-        evidence = [*chain.evidence, answer.evidence()]
         if answer.error:
             return Verdict(Security.ERROR, f"could not fetch {name} {rdtype}: {answer.error}", evidence, answer, chain.path)
         assert chain.keys is not None
@@ -347,6 +353,14 @@ class Validator:
             if problem:
                 return Verdict(Security.BOGUS, f"the proof that {name} {rdtype} does not exist: {problem}", evidence, answer, chain.path)
         return Verdict(Security.SECURE, f"absence signed by {chain.zone}", evidence, answer, chain.path)
+
+
+def _signer(answer: Answer, owner: dns.name.Name) -> dns.name.Name | None:
+    """The signer name of the RRSIGs at ``owner`` in the answer, or in the authority section of a negative answer."""
+    for rrset in answer.rrsets if answer.rrsets else answer.authority:
+        if rrset.rdtype == dns.rdatatype.RRSIG and (rrset.name == owner or not answer.rrsets) and len(rrset):
+            return rrset[0].signer
+    return None
 
 
 def _supported(ds: dns.rdata.Rdata) -> bool:
