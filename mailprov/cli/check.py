@@ -72,7 +72,8 @@ def check(
         Path | None, typer.Option("--trust-anchor", help="DS/DNSKEY records to trust instead of the root's (labs); implies --dnssec.")
     ] = None,
 ) -> None:
-    """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS.
+    """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS, IPv6;
+    with --dnssec DNSSEC and DANE, with --tls the live STARTTLS of each MX and the MTA-STS policy, with --dnsbl blocklists.
 
     Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
