@@ -1,15 +1,12 @@
 """``mta_sts.policy`` (``check --tls``): the policy fetched from a real HTTPS server, good and broken (RFC 8461).
 
-``good.diag.test`` publishes ``_mta-sts`` and ``mta-sts.good.diag.test A 127.0.14.20``; a Python
-``http.server`` with TLS (a certificate from the test CA) serves whatever each test sets.
+``good.diag.test`` publishes ``_mta-sts`` and ``mta-sts.good.diag.test A 127.0.14.20``; the test HTTPS
+server (tests/peers/https_server.py, a certificate from the test CA) serves whatever each test sets.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,57 +18,20 @@ from mailprov.dns.model import Status
 from mailprov.dns.mta_sts import judge_policy
 from tests.dns import dnssec_lab as lab
 from tests.outbound.pki import TestCA
-from tests.peers.knot import free_port
+from tests.peers.https_server import HTTPSServer
 
 GOOD = "version: STSv1\nmode: enforce\nmx: mail.good.diag.test\nmax_age: 1209600\n"
 
 
-class PolicyServer:
-    """An HTTPS server answering every GET with ``status``, ``content_type`` and ``body`` (set by the test)."""
-
-    def __init__(self, address: str, cert: Path, key: Path) -> None:
-        self.status, self.content_type, self.body = 200, "text/plain", GOOD
-        self.paths: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.paths.append(self.path)
-                data = outer.body.encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", outer.content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.port = free_port(address)
-        self.httpd = http.server.ThreadingHTTPServer((address, self.port), Handler)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def __enter__(self) -> PolicyServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
-def policy_server(pki: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyServer]:
+def policy_server(pki: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPSServer]:
     cert = lab.issue_certificate(pki, "mta-sts.good.diag.test", days=90, directory=tmp_path_factory.mktemp("sts-cert"))
-    with PolicyServer(lab.STS_ADDRESS, cert.cert, cert.key) as server:
+    with HTTPSServer(lab.STS_ADDRESS, 0, cert.cert, cert.key) as server:
+        server.body = GOOD
         yield server
 
 
-def policy_result(dnssec_lab: dict, pki: TestCA, server: PolicyServer, *, ca_file: Path | None = None) -> dict:
+def policy_result(dnssec_lab: dict, pki: TestCA, server: HTTPSServer, *, ca_file: Path | None = None) -> dict:
     resolver = f"{dnssec_lab['knot'].address}:{dnssec_lab['knot'].port}"
     args = ["check", "good.diag.test", "--resolver", resolver, "--tls", "--https-port", str(server.port), "--timeout", "3"]
     result = CliRunner().invoke(app, [*args, "--ca-file", str(ca_file or pki.ca_file), "--format", "json"])
@@ -80,7 +40,7 @@ def policy_result(dnssec_lab: dict, pki: TestCA, server: PolicyServer, *, ca_fil
     return next(c for c in checks if c["id"] == "mta_sts.policy")
 
 
-def test_good_policy_passes(dnssec_lab: dict, pki: TestCA, policy_server: PolicyServer) -> None:
+def test_good_policy_passes(dnssec_lab: dict, pki: TestCA, policy_server: HTTPSServer) -> None:
     """Fetched from the well-known path (RFC 8461 3.3) over verified HTTPS; enforce, weeks of max_age, the MX covered."""
     policy_server.status, policy_server.content_type, policy_server.body = 200, "text/plain", GOOD
     result = policy_result(dnssec_lab, pki, policy_server)
@@ -102,7 +62,7 @@ def test_good_policy_passes(dnssec_lab: dict, pki: TestCA, policy_server: Policy
     ],
 )
 def test_broken_policies(
-    dnssec_lab: dict, pki: TestCA, policy_server: PolicyServer, status: int, content_type: str, body: str, expected: str, says: str
+    dnssec_lab: dict, pki: TestCA, policy_server: HTTPSServer, status: int, content_type: str, body: str, expected: str, says: str
 ) -> None:
     """RFC 8461 3.2 (syntax, max_age), 3.3 (200 only, no redirects, text/plain), 4.1 (mx patterns)."""
     policy_server.status, policy_server.content_type, policy_server.body = status, content_type, body
@@ -111,7 +71,7 @@ def test_broken_policies(
     assert says in result["summary"]
 
 
-def test_untrusted_certificate_fails(dnssec_lab: dict, pki: TestCA, policy_server: PolicyServer, tmp_path: Path) -> None:
+def test_untrusted_certificate_fails(dnssec_lab: dict, pki: TestCA, policy_server: HTTPSServer, tmp_path: Path) -> None:
     """The policy host's certificate must verify (RFC 8461 3.3): another CA's trust store refuses it."""
     policy_server.status, policy_server.content_type, policy_server.body = 200, "text/plain", GOOD
     other = TestCA(tmp_path / "other-ca", "another CA")
