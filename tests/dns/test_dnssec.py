@@ -202,3 +202,16 @@ def test_tlsa_record_problems_for_smtp() -> None:
     assert record_problems(3, 1, 1, b"x" * 20)[0] == Status.FAIL
     assert record_problems(3, 1, 0, b"x" * 300)[0] == Status.WARN
     assert record_problems(4, 1, 1, b"x" * 32)[0] == Status.FAIL
+
+
+def test_junit_reports_the_bogus_chain_as_a_failure(dnssec_lab: dict) -> None:
+    """The new checks render like the others: JUnit failure for bogus, exit 1."""
+    import xml.etree.ElementTree as ET
+
+    args = ["check", "badds.diag.test", "--resolver", dnssec_lab["resolver"], "--trust-anchor", str(dnssec_lab["anchor"])]
+    result = CliRunner().invoke(app, [*args, "--format", "junit"])
+    assert result.exit_code == 1
+    case = next(c for c in ET.fromstring(result.stdout).iter("testcase") if c.get("name") == "dnssec badds.diag.test")
+    assert case.get("classname") == "badds.diag.test.dnssec"
+    failure = case.find("failure")
+    assert failure is not None and "matches no DNSKEY" in failure.get("message", "")
