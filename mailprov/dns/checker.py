@@ -12,6 +12,7 @@ worse through the resolvers than at the source is reported as "published, not ye
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -266,7 +267,9 @@ async def _authoritative(source: Source, domain: str, options: CheckOptions, rep
     servers = [(a, options.ns_port) for a in addresses]
     inside = NetworkSource(servers, timeout=options.timeout, concurrency=options.concurrency, recursion=False)
     try:
-        at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+        # Only what the zone publishes is compared: the live checks (--tls) and the blocklists are not run twice.
+        records_only = dataclasses.replace(options, tls=False, dnsbl=False)
+        at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, records_only)
     finally:
         inside.close()
     unanswered = next((c for c in at_source.checks if c.status == Status.ERROR and c.id == "domain.exists"), None)

@@ -135,7 +135,8 @@ async def probe_starttls(host: str, address: str, port: int = 25, *, timeout: fl
     try:
         await _session(retry, timeout, _context(cafile, verify=False))
     except (OSError, ConnectionError, TimeoutError, ssl.SSLError, UnicodeError) as exc:
-        probe.error = f"second connection (to read the certificate) failed: {exc}"
+        # The verification error is the finding; the certificate itself stays unknown.
+        probe.transcript.append(f"(certificate did not verify; a second connection to read it failed: {exc})")
         return probe
     retry.verify_error = probe.verify_error
     retry.transcript = [*probe.transcript, "(certificate did not verify; connected again without verification)", *retry.transcript]
@@ -172,15 +173,6 @@ def judge(probe: TlsProbe, now: datetime | None = None, dane_match: bool | None 
             fix="enable STARTTLS on port 25 with a certificate for the MX name (mailprov: tls.cert and tls.key)",
             records=evidence,
         )
-    if probe.handshake_error or not probe.tls_version:
-        return CheckResult(
-            "mx.tls",
-            Status.FAIL,
-            subject,
-            f"STARTTLS offered but the TLS handshake failed: {probe.handshake_error}",
-            fix="check the server's TLS configuration (certificate and key pair, protocol versions, ciphers)",
-            records=evidence,
-        )
     if probe.tls_version in ("SSLv3", "TLSv1", "TLSv1.1"):
         return CheckResult(
             "mx.tls",
@@ -212,6 +204,15 @@ def judge(probe: TlsProbe, now: datetime | None = None, dane_match: bool | None 
             f"STARTTLS, {session}, but the certificate is not valid for {probe.host}: {probe.verify_error} ({until}); "
             "senders that verify (MTA-STS, 'verify' policies) will not deliver",
             fix=f"install a certificate for {probe.host} from a public CA (ACME), renewed before it expires",
+            records=evidence,
+        )
+    if probe.handshake_error or not probe.tls_version:
+        return CheckResult(
+            "mx.tls",
+            Status.FAIL,
+            subject,
+            f"STARTTLS offered but the TLS handshake failed: {probe.handshake_error}",
+            fix="check the server's TLS configuration (certificate and key pair, protocol versions, ciphers)",
             records=evidence,
         )
     if expires is not None and expires - now < EXPIRY_WARNING:
