@@ -96,7 +96,8 @@ def judge_policy(text: str, mx_hosts: list[str]) -> tuple[Status, list[str]]:
         policy = parse_policy(text)
     except PolicyError as exc:
         return Status.FAIL, [f"the policy is invalid: {exc}"]
-    raw_age = next((line.partition(":")[2].strip() for line in text.splitlines() if line.strip().startswith("max_age")), "")
+    # parse_policy caps max_age at the limit: read the value as written to report one over it.
+    raw_age = next((v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if k.strip() == "max_age"), "0")
     notes = [f"mode {policy.mode}, max_age {raw_age}, mx {', '.join(policy.mx) or '(none)'}"]
     statuses = [Status.PASS]
     if int(raw_age) > MAX_AGE_LIMIT:

@@ -7,6 +7,7 @@ lab is proven to be what the test says it is (signed, unsigned, bogus) before ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import dns.query
 import dns.rcode
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mailprov.cli import app
@@ -215,3 +218,22 @@ def test_junit_reports_the_bogus_chain_as_a_failure(dnssec_lab: dict) -> None:
     assert case.get("classname") == "badds.diag.test.dnssec"
     failure = case.find("failure")
     assert failure is not None and "matches no DNSKEY" in failure.get("message", "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(
+                ["lab.", ".", "IN", "300", "DS", "DNSKEY", "20326", "8", "2", "257", "3", "13", "E06D44B8", "AwEAAa==", ";", "é", "x" * 70]
+            ),
+            max_size=8,
+        ),
+        max_size=4,
+    ),
+    st.text(max_size=30),
+)
+def test_trust_anchor_parser_raises_only_usage_errors(lines: list[list[str]], noise: str) -> None:
+    """Whatever the file holds, the answer is anchors or a UsageError naming the line, never a traceback."""
+    with contextlib.suppress(UsageError):
+        parse_trust_anchors("\n".join([*(" ".join(words) for words in lines), noise]))

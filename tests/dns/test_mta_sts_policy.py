@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mailprov.cli import app
@@ -85,3 +87,31 @@ def test_judge_policy_wildcard_covers_one_label() -> None:
     assert judge_policy(policy, ["mx1.lab.test."])[0] == Status.PASS
     status, notes = judge_policy(policy, ["a.b.lab.test."])
     assert status == Status.FAIL and "a.b.lab.test" in notes[-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "version: STSv1",
+                "mode: enforce",
+                "mode: testing",
+                "mx: mail.good.diag.test",
+                "mx: *.x",
+                "max_age: 86400",
+                "max_age_extra: x",
+                "max_age: 99999999999",
+                "junk",
+                ":",
+                "max_age:",
+            ]
+        ),
+        max_size=8,
+    ),
+    st.text(max_size=40),
+)
+def test_judge_policy_never_raises(lines: list[str], noise: str) -> None:
+    """Any policy text gets a verdict, never an exception."""
+    status, notes = judge_policy("\n".join([*lines, noise]), ["mail.good.diag.test."])
+    assert status in set(Status) and notes
