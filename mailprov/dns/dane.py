@@ -82,7 +82,7 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
     name = host.rstrip(".")
     owner = f"_25._tcp.{name}."
     verdict = await validator.validate(owner, "TLSA")
-    records = [rd for rd in (verdict.answer.records if verdict.answer else [])]
+    records = verdict.answer.records if verdict.answer else []
     if verdict.security in (Security.ERROR, Security.BOGUS):
         return verdict_result("dane", name, f"{owner} TLSA", verdict), None
     if verdict.security == Security.INSECURE:
