@@ -5,7 +5,8 @@
 - ``good.diag.test``: signed by Knot, its DS at the parent; MX, host address and a TLSA record (DANE);
 - ``unsigned.diag.test``: not signed, no DS (insecure), with a TLSA record (meaningless without DNSSEC);
 - ``badds.diag.test``: signed by Knot, but the parent's DS is that of another key (a DS matching no DNSKEY);
-- ``expired.diag.test``: signed (by dnspython) with signatures that expired 3 days ago, served as is by Knot.
+- ``expired.diag.test``: signed (by dnspython) with signatures that expired 3 days ago, served as is by Knot;
+- ``n3.diag.test``: signed by Knot with NSEC3 (RFC 5155), delegating ``insecure.n3.diag.test`` without DS.
 
 Knot signs with a manual policy and a combined signing key (CSK) generated with ``keymgr`` before it
 starts, so that the parent's DS records can be written into its zone first. Unbound validates from the
@@ -74,17 +75,25 @@ def _keymgr(conf: Path, *args: str) -> str:
 class SigningKnot(KnotServer):
     """Knot with DNSSEC signing (manual policy, one pre-generated CSK) for the zones in ``signed``."""
 
-    def __init__(self, workdir: Path, address: str, port: int, zones: dict[str, str], signed: set[str]) -> None:
+    def __init__(
+        self, workdir: Path, address: str, port: int, zones: dict[str, str], signed: set[str], nsec3: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(workdir, address, port, zones)
         self.signed = signed
+        self.nsec3 = nsec3  # of the signed zones, those denying with NSEC3 (RFC 5155) instead of NSEC
 
     def _config(self) -> str:
         text = super()._config()
-        policy = "policy:\n  - id: lab\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n    manual: on\n    nsec3: off\n"
+        policy = "policy:\n" + "".join(
+            f"  - id: {pid}\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n    manual: on\n    nsec3: {on}\n"
+            for pid, on in (("lab", "off"), ("lab3", "on"))
+        )
         text = text.replace("template:\n", policy + "template:\n", 1)
         for name in self.signed:
             text = re.sub(
-                rf'(  - domain: "{re.escape(name)}"\n    file: "[^"]*"\n)', r"\1    dnssec-signing: on\n    dnssec-policy: lab\n", text
+                rf'(  - domain: "{re.escape(name)}"\n    file: "[^"]*"\n)',
+                rf"\1    dnssec-signing: on\n    dnssec-policy: {'lab3' if name in self.nsec3 else 'lab'}\n",
+                text,
             )
         return text
 
@@ -122,8 +131,8 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     wrong_ds = dns.dnssec.make_ds("badds.diag.test.", wrong_key, "SHA256").to_text()
     parent = (
         f"$ORIGIN diag.test.\n$TTL 300\n{SOA}ns A {KNOT_ADDRESS}\n"
-        "good NS ns.diag.test.\nunsigned NS ns.diag.test.\nbadds NS ns.diag.test.\nexpired NS ns.diag.test.\n"
-        + "".join(line + "\n" for line in ds["good.diag.test"])
+        "good NS ns.diag.test.\nunsigned NS ns.diag.test.\nbadds NS ns.diag.test.\nexpired NS ns.diag.test.\nn3 NS ns.diag.test.\n"
+        + "".join(line + "\n" for line in ds["good.diag.test"] + ds["n3.diag.test"])
         + f"badds DS {wrong_ds}\n{expired_ds}\n"
     )
     good = (
@@ -144,7 +153,11 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
         "12.14.0.127 A 127.255.255.254\n13.14.0.127 A 198.51.100.7\n"
     )
     spamcop = head + "11.14.0.127 A 127.0.0.2\n"
+    n3 = f"$ORIGIN n3.diag.test.\n$TTL 300\n{SOA}insecure NS ns.diag.test.\n"
+    insecure = f"$ORIGIN insecure.n3.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.14\n"
     return {
+        "n3.diag.test": n3,
+        "insecure.n3.diag.test": insecure,
         "zen.spamhaus.org": spamhaus,
         "bl.spamcop.net": spamcop,
         "diag.test": parent,
@@ -157,11 +170,11 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
 
 def start_lab(workdir: Path, tlsa_good: str) -> tuple[SigningKnot, list[str]]:
     """Start the signing Knot (not yet the resolver); returns it and the trust anchor of ``diag.test``."""
-    signed = {"diag.test", "good.diag.test", "badds.diag.test"}
+    signed = {"diag.test", "good.diag.test", "badds.diag.test", "n3.diag.test"}
     names = ("diag.test", "good.diag.test", "unsigned.diag.test", "badds.diag.test", "expired.diag.test", "14.0.127.in-addr.arpa")
-    names += ("zen.spamhaus.org", "bl.spamcop.net")
+    names += ("zen.spamhaus.org", "bl.spamcop.net", "n3.diag.test", "insecure.n3.diag.test")
     placeholder = {n: "" for n in names}
-    knot = SigningKnot(workdir, KNOT_ADDRESS, 0, placeholder, signed)
+    knot = SigningKnot(workdir, KNOT_ADDRESS, 0, placeholder, signed, nsec3=frozenset({"n3.diag.test"}))
     ds = knot.generate_keys()
     expired_text, expired_ds = _expired_zone("expired.diag.test")
     zones = lab_zones(ds, expired_ds, tlsa_good)

@@ -86,6 +86,15 @@ def test_unsigned_zone_warns(dnssec_lab: dict) -> None:
     assert "sign the zone" in dnssec["fix"]
 
 
+def test_unsigned_delegation_proven_by_nsec3_warns(dnssec_lab: dict) -> None:
+    """The parent denies the DS with NSEC3 (RFC 5155 8.5, 8.6): the hashed owner matches, NS without DS: insecure."""
+    assert unbound_says(dnssec_lab["unbound"], "insecure.n3.diag.test", "MX") == "insecure"
+    data = run_check(dnssec_lab, "insecure.n3.diag.test")
+    dnssec = results(data, "dnssec")["insecure.n3.diag.test"]
+    assert dnssec["status"] == "warn", dnssec
+    assert "delegated from n3.diag.test. without a DS record (proven by NSEC3)" in dnssec["summary"]
+
+
 def test_ds_matching_no_key_fails_naming_both(dnssec_lab: dict) -> None:
     """The parent's DS names a key the child does not have: bogus, naming the DS and the child's keys."""
     data = run_check(dnssec_lab, "badds.diag.test")
