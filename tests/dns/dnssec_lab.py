@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -66,7 +67,8 @@ def issue_certificate(pki: TestCA, name: str, *, days: float, directory: Path) -
 
 
 def _keymgr(conf: Path, *args: str) -> str:
-    done = subprocess.run(["keymgr", "-c", str(conf), *args], capture_output=True, text=True, timeout=60)
+    keymgr = shutil.which("keymgr") or "/usr/sbin/keymgr"  # /usr/sbin is not on every PATH
+    done = subprocess.run([keymgr, "-c", str(conf), *args], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"keymgr {' '.join(args)} failed: {done.stdout}{done.stderr}")
     return done.stdout
