@@ -107,3 +107,24 @@ def test_every_check_id_has_a_docs_entry() -> None:
     docs = (root / "docs" / "dns.md").read_text()
     missing = sorted(i for i in ids if f"| `{i}` |" not in docs)
     assert not missing, f"no row in docs/dns.md for {missing}"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--trust-anchor", "/nonexistent/anchor.ds"], "cannot read trust anchor file"),
+        (["--tls", "--smtp-port", "0"], "--smtp-port 0 is out of range"),
+        (["--tls", "--https-port", "70000"], "--https-port 70000 is out of range"),
+        (["--tls", "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+        (["--dnsbl-zone", "bad..zone"], "--dnsbl-zone"),
+    ],
+)
+def test_bad_options_of_the_new_checks_exit_2(args: list[str], says: str) -> None:
+    """Bad usage exits 2 before any query, naming the option."""
+    from typer.testing import CliRunner
+
+    from mailprov.cli import app
+
+    result = CliRunner().invoke(app, ["check", "ext.test", "--resolver", "127.0.14.250:9", *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
