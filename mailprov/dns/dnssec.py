@@ -222,6 +222,11 @@ class Validator:
         keys = next((r for r in answer.rrsets if r.rdtype == dns.rdatatype.DNSKEY and r.name == zone), None)
         if keys is None:
             return Chain(Security.BOGUS, zone, reason=f"the trust anchor's zone {zone} serves no DNSKEY", evidence=evidence)
+        if _sigs(answer.rrsets, zone, dns.rdatatype.DNSKEY) is None:
+            # The root's (or the anchor zone's) keys are always signed: no signature means a resolver that drops
+            # DNSSEC records, which says nothing about the domain.
+            reason = f"the resolver returned the DNSKEY of {zone} without its RRSIG: it does not pass DNSSEC records (DO bit)"
+            return Chain(Security.ERROR, zone, reason=reason, evidence=evidence)
         trusted = [k for k in keys if k in anchor.dnskeys] + _matching(zone, keys, anchor.ds)
         if not trusted:
             tags = ", ".join(str(d.key_tag) for d in anchor.ds) or ", ".join(str(dns.dnssec.key_id(k)) for k in anchor.dnskeys)

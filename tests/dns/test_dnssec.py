@@ -16,6 +16,7 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 from hypothesis import given, settings
@@ -246,3 +247,30 @@ def test_trust_anchor_parser_raises_only_usage_errors(lines: list[list[str]], no
     """Whatever the file holds, the answer is anchors or a UsageError naming the line, never a traceback."""
     with contextlib.suppress(UsageError):
         parse_trust_anchors("\n".join([*(" ".join(words) for words in lines), noise]))
+
+
+def test_resolver_dropping_signatures_is_an_error_not_bogus(dnssec_lab: dict) -> None:
+    """A resolver that ignores DO (no RRSIG even for the anchor's keys) leaves the check incomplete: it says nothing of the domain."""
+    from mailprov.dns.resolver import Answer
+
+    host, port = dnssec_lab["resolver"].split(":")
+
+    async def run() -> tuple[Security, str]:
+        source = NetworkSource([(host, int(port))])
+        original = source.query_dnssec
+
+        async def stripping(name: str, rdtype: str) -> Answer:
+            answer = await original(name, rdtype)
+            return Answer(
+                answer.qname, answer.rdtype, answer.server, answer.rcode, [r for r in answer.rrsets if r.rdtype != dns.rdatatype.RRSIG]
+            )
+
+        source.query_dnssec = stripping  # type: ignore[method-assign]
+        try:
+            verdict = await Validator(source, parse_trust_anchors(dnssec_lab["anchor"].read_text())).validate("good.diag.test.", "MX")
+        finally:
+            source.close()
+        return verdict.security, verdict.reason
+
+    security, reason = asyncio.run(run())
+    assert security == Security.ERROR and "does not pass DNSSEC records" in reason
