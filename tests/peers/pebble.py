@@ -40,18 +40,49 @@ def _wait_port(proc: subprocess.Popen, address: str, port: int, log: Path, what:
     raise RuntimeError(f"{what} did not listen on {address}:{port} within {START_TIMEOUT}s")
 
 
-class ChallTestSrv:
+class _ForegroundPeer:
+    """A peer program run in the foreground as our child, logging to WORKDIR/NAME.log; stopped by us."""
+
+    name = "peer"
+
+    def __init__(self, workdir: Path, address: str, port: int) -> None:
+        self.workdir, self.address, self.port = Path(workdir), address, port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, cmd: list[str], ready_port: int, env: dict[str, str] | None = None) -> None:
+        log = self.workdir / f"{self.name}.log"
+        self._log = open(log, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, env=env)
+        _wait_port(self._proc, self.address, ready_port, log, self.name)
+
+    def start(self) -> _ForegroundPeer:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._proc:
+            stop_process(self._proc)
+            self._log.close()
+        self._proc = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ChallTestSrv(_ForegroundPeer):
     """Mock DNS on ``address:port`` answering every A query with ``answer`` (no challenge servers)."""
 
+    name = "pebble-challtestsrv"
+
     def __init__(self, workdir: Path, address: str, port: int, answer: str) -> None:
-        self.workdir, self.address, self.port, self.answer = Path(workdir), address, port, answer
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, address, port)
+        self.answer = answer
 
     def start(self) -> ChallTestSrv:
         require_programs("pebble-challtestsrv")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "challtestsrv.log"
-        self._log = open(log, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         cmd = [
             "pebble-challtestsrv",
             "-dns01",
@@ -69,35 +100,24 @@ class ChallTestSrv:
             "-management",
             f"{self.address}:{self.port + 1}",
         ]
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL)
-        _wait_port(self._proc, self.address, self.port + 1, log, "pebble-challtestsrv")
+        self._spawn(cmd, self.port + 1)
         return self
 
     @property
     def server(self) -> str:
         return f"{self.address}:{self.port}"
 
-    def stop(self) -> None:
-        if self._proc:
-            stop_process(self._proc)
-            self._log.close()
-        self._proc = None
 
-    def __enter__(self) -> ChallTestSrv:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Pebble:
+class Pebble(_ForegroundPeer):
     """The ACME CA on ``https://ADDRESS:PORT/dir``; validation connects to ``http_port`` of each name's address."""
 
+    name = "pebble"
+
     def __init__(self, workdir: Path, address: str, port: int, dns: str, *, http_port: int, env: dict[str, str] | None = None) -> None:
-        self.workdir, self.address, self.port, self.dns, self.http_port = Path(workdir), address, port, dns, http_port
+        super().__init__(workdir, address, port)
+        self.dns, self.http_port = dns, http_port
         self.env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", **(env or {})}
         self.ca_bundle = self.workdir / "pebble-https.crt"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def directory(self) -> str:
@@ -125,30 +145,9 @@ class Pebble:
                 }
             )
         )
-        log = self.workdir / "pebble.log"
-        self._log = open(log, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
-        self._proc = subprocess.Popen(
-            ["pebble", "-config", str(config), "-dnsserver", self.dns],
-            stdout=self._log,
-            stderr=self._log,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
-        )
-        _wait_port(self._proc, self.address, self.port, log, "pebble")
+        self._spawn(["pebble", "-config", str(config), "-dnsserver", self.dns], self.port, env={**os.environ, **self.env})
         return self
 
     def root(self) -> str:
         """The PEM root that signs Pebble's certificates (random for each start)."""
         return requests.get(f"https://{self.address}:{self.port + 1}/roots/0", verify=str(self.ca_bundle), timeout=10).text
-
-    def stop(self) -> None:
-        if self._proc:
-            stop_process(self._proc)
-            self._log.close()
-        self._proc = None
-
-    def __enter__(self) -> Pebble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
