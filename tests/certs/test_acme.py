@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.certs.conftest import HOST_ADDRESS, HOSTNAME, new_host
+from tests.certs.conftest import HOST_ADDRESS, HOSTNAME, MAILPROV, new_host
 from tests.conftest import require_programs
 from tests.peers.pebble import Pebble
 
@@ -59,6 +60,10 @@ def test_issue_installs_a_chain_from_the_ca_and_a_second_run_changes_nothing(mak
     second = host.renew()
     assert second.returncode == 0 and second.stdout.startswith("unchanged: valid until"), second.stdout
     assert (host.cert.read_bytes(), host.cert.stat().st_mtime_ns) == before
+    status = subprocess.run([*MAILPROV, "cert", "status", "--json", "-c", str(host.config)], capture_output=True, text=True, timeout=60)
+    info = json.loads(status.stdout)
+    assert status.returncode == 0 and info["due"] is False and info["names"] == [HOSTNAME], status.stdout + status.stderr
+    assert info["issuer"].startswith("Pebble Intermediate CA") and info["days_left"] > 30
 
 
 def test_reuse_key_keeps_the_dane_record_across_renewals(make_host) -> None:
