@@ -17,7 +17,7 @@ from typing import Protocol
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
-from mailprov.privileges import drop_privileges, prepare_directories
+from mailprov.privileges import check_access, drop_privileges, preload, prepare_directories
 
 log = logging.getLogger("mailprov")
 SERVICE_NAMES = ("smtp", "pop3")
@@ -51,6 +51,8 @@ def build(config: Config, names: list[str]) -> list[Service]:
 async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None = None) -> None:
     """Start the services, drop privileges, and run until SIGTERM or SIGINT."""
     prepare_directories(config)
+    check_access(config, names)  # refuse now, naming the path, rather than fail at delivery time
+    preload()
     services = build(config, names)
     started: list[Service] = []
     stop = asyncio.Event()

@@ -257,7 +257,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     import signal
 
     from mailprov import config as config_mod
-    from mailprov.privileges import drop_privileges
+    from mailprov.privileges import drop_privileges, preload
     from mailprov.smtp.server import end_sessions, make_factory
     from mailprov.smtp.service import SMTPService
 
@@ -267,6 +267,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     service = SMTPService(config, wait_for_drop=False, worker=True)
     ctx = service.context(context_from_fd(tls_fd), runner=ChannelQueue(service, channel), connections=ChannelLimiter(channel))
     factories = {mode: make_factory(ctx, mode) for mode in ("mx", "submission", "submissions")}
+    preload()
     drop_privileges(config)  # no-op unless root
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
