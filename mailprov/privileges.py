@@ -133,6 +133,10 @@ def preload() -> None:
                 f"cannot import {name} before dropping privileges: {exc}",
                 fix="reinstall mailprov with its dependencies (pip install mailprov)",
             ) from None
+    import dns.asyncbackend
+
+    # dnspython otherwise sniffs the async library at the first query, importing sniffio then.
+    dns.asyncbackend.set_default_backend("asyncio")
 
 
 _late_imports: set[str] = set()
@@ -142,9 +146,6 @@ def _audit_late_imports(event: str, args: tuple) -> None:  # type: ignore[type-a
     if event == "import" and args[0] not in _late_imports:
         _late_imports.add(args[0])
         log.warning("imported %s after dropping privileges (add it to mailprov.privileges.PRELOAD)", args[0])
-        import traceback  # TEMPDEBUG
-        with open("/tmp/late-imports.txt", "a") as f:  # TEMPDEBUG
-            f.write(args[0] + "\n" + "".join(traceback.format_stack(limit=8)) + "\n")  # TEMPDEBUG
 
 
 @dataclass(frozen=True)
