@@ -11,9 +11,11 @@ Reused by the SMTP, outbound, POP3 and reliability tests::
     server.stop()                                  # SIGTERM, then SIGKILL of the process group
 
 or with the pytest fixture ``mailprov_server`` (a factory that stops every server it started). The tree
-lives in a world-traversable temporary directory: when the tests run as root, ``mailprov serve`` binds
-and then drops to ``server.user`` (``nobody`` here), which must be able to read the users file and
-write the queue and mail directories; ``add_user`` and ``chown`` take care of that.
+lives in a private temporary directory (mode 0700, as ``mkdtemp`` makes it): when the tests run as root,
+``mailprov serve`` binds and then drops to ``server.user`` (``nobody`` here), which must be able to read
+the users file and write the queue and mail directories, so the tree is handed to that user as a
+deployment hands it the service's directories (``chown``; ``add_user`` keeps it so). Nothing is made
+world-readable: the server imports everything it needs before the drop (mailprov.privileges).
 """
 
 from __future__ import annotations
@@ -82,7 +84,6 @@ class MailprovTree:
         or extend tables, e.g. ``smtp={"trusted_networks": []}``, ``queue={"retry_min": 1}``."""
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="mailprov-test-", dir="/tmp"))
-        root.chmod(0o755)
         ports = {"smtp": free_port(ip), "submission": free_port(ip), "submissions": free_port(ip)}
         data: dict[str, dict[str, Any]] = {
             "server": {"hostname": hostname, "domains": list(domains), "user": RUN_USER, "log_level": "info"},
