@@ -43,9 +43,9 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def lab_root() -> Iterator[Path]:
-    # Not under pytest's tmp_path: its parents are mode 0700, and the services drop to the mailprov user.
+    # The lab's own files (sshd, Knot, wheels, inventory), private to root; each host's prefix is a
+    # directory of its own (lab.host_root).
     root = Path(tempfile.mkdtemp(prefix="mailprov-deploy-"))
-    root.chmod(0o755)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -65,7 +65,7 @@ def lab_peers(lab_root: Path) -> Iterator[tuple[SSHD, str]]:
 def deployed(lab_root: Path, lab_peers: tuple[SSHD, str]) -> Iterator[Lab]:
     """Check mode on a fresh host, then both hosts deployed over SSH, deployed again, and run in check mode."""
     sshd, dns = lab_peers
-    hosts = lab.make_hosts(lab_root / "hosts")
+    hosts = lab.make_hosts()
     wheel = build_wheel(lab.REPO, lab_root / "wheels")["wheel"]
     inventory = lab.write_inventory(lab_root / "inventory.yml", sshd.ansible_vars(), hosts, dns, wheel)
     the_lab = Lab(lab_root, sshd, dns, hosts, inventory)
@@ -80,3 +80,4 @@ def deployed(lab_root: Path, lab_peers: tuple[SSHD, str]) -> Iterator[Lab]:
         yield the_lab
     finally:
         lab.stop_services(hosts)
+        lab.remove_hosts(hosts)

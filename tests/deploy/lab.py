@@ -8,9 +8,11 @@ address with the lab's ports. Knot on 127.0.6.53 serves their A, MX and PTR reco
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,16 +62,27 @@ def zones(ptr_10: str = "mail.alpha.test.") -> dict[str, str]:
     return out
 
 
-def make_hosts(root: Path) -> list[LabHost]:
-    """alpha and beta, each with a world-traversable prefix under ``root``."""
-    hosts = [
-        LabHost("mail.alpha.test", "alpha.test", "127.0.6.10", root / "alpha", "alex@alpha.test", "alex-lab-secret"),
-        LabHost("mail.beta.test", "beta.test", "127.0.6.20", root / "beta", "john@beta.test", "john-lab-secret"),
+def host_root(name: str) -> Path:
+    """A new directory playing a host's root file system (``/``, mode 0755 as on any host), directly in /tmp:
+    the services a deployment starts there drop to the mailprov user, who must reach their prefix (not
+    below pytest's or the lab's private, mode-0700 directories). Remove it with :func:`remove_hosts`."""
+    prefix = Path(tempfile.mkdtemp(prefix=f"mailprov-lab-{name}-", dir="/tmp"))
+    prefix.chmod(0o755)
+    return prefix
+
+
+def make_hosts() -> list[LabHost]:
+    """alpha and beta, each with a host root of its own (:func:`host_root`)."""
+    return [
+        LabHost("mail.alpha.test", "alpha.test", "127.0.6.10", host_root("alpha"), "alex@alpha.test", "alex-lab-secret"),
+        LabHost("mail.beta.test", "beta.test", "127.0.6.20", host_root("beta"), "john@beta.test", "john-lab-secret"),
     ]
+
+
+def remove_hosts(hosts: list[LabHost]) -> None:
+    """Remove the hosts' root directories."""
     for host in hosts:
-        host.prefix.mkdir(parents=True, exist_ok=True)
-        host.prefix.chmod(0o755)
-    return hosts
+        shutil.rmtree(host.prefix, ignore_errors=True)
 
 
 def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost], dns: str, wheel: str, **extra: object) -> Path:
