@@ -391,7 +391,8 @@ def invoked_as() -> str:
     on_path = shutil.which("mailprov")
     if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
         return "mailprov"
-    return argv0
+    relative = os.path.relpath(argv0)
+    return relative if not relative.startswith("..") else argv0
 
 
 def down(echo: Echo) -> None:
