@@ -137,10 +137,10 @@ class MailprovTree:
         self.chown()
 
     def chown(self) -> None:
-        """When root: hand the tree to the service user (``mailprov serve`` drops to it)."""
+        """When root: hand the tree to the service user, ``server.user`` (``mailprov serve`` drops to it)."""
         if os.geteuid() != 0:
             return
-        user = pwd.getpwnam(RUN_USER)
+        user = pwd.getpwnam(self.data["server"]["user"])
         for dirpath, _dirnames, filenames in os.walk(self.root):
             os.chown(dirpath, user.pw_uid, user.pw_gid)
             for name in filenames:
