@@ -181,7 +181,15 @@ class MailprovProcess:
             self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; SIGKILL the group if it does not exit in time. Returns the exit code."""
+        """SIGTERM and wait; SIGKILL the group if it does not exit in time. Returns the exit code.
+        Fails when the server imported a module after dropping privileges (mailprov.privileges logs it):
+        run from code its user cannot read, that import would have failed."""
+        self._stop(timeout)
+        late = [line for line in self.log().splitlines() if "after dropping privileges" in line]
+        assert not late, "modules imported after the privilege drop (add them to mailprov.privileges.PRELOAD):\n" + "\n".join(late)
+        return self.proc.returncode
+
+    def _stop(self, timeout: float) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -192,7 +200,6 @@ class MailprovProcess:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # stray children of an exited leader
-        return self.proc.returncode
 
 
 def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False) -> None:
@@ -244,6 +251,6 @@ def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 
                 host, port = config_mod.parse_hostport(address, key="smtp")
                 wait_for_banner(host, port, deadline, proc, tls=True)
     except BaseException as exc:
-        server.stop()
+        server._stop(15.0)
         raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None
     return server
