@@ -197,3 +197,25 @@ def test_refuses_to_start_when_its_user_cannot_read_the_users_file(service_user)
         assert f"chgrp {service_user.pw_name} {users} && chmod g+r {users}" in result.stderr
     finally:
         tree.cleanup()
+
+
+def test_what_the_user_must_reach_after_the_drop(make_config, tmp_path: Path) -> None:
+    from mailprov.privileges import needs
+
+    config = make_config(smtp={"processes": 1})
+    required, restart = needs(config, ["smtp", "pop3"])
+    assert [(n.path, n.mode) for n in required] == [
+        (config.paths.users_file, "r"),
+        (config.paths.aliases_file, "r"),
+        (config.paths.queue_dir, "rwx"),
+        (config.paths.mail_dir, "rwx"),
+        (config.paths.state_dir, "rwx"),
+    ]
+    assert restart == []  # one process: nothing is started after the drop
+    config_file = tmp_path / "mailprov.toml"
+    config_file.write_text("")
+    workers = make_config(smtp={"processes": 2})
+    workers.source = str(config_file)
+    _, restart = needs(workers, ["smtp"])
+    assert [n.what for n in restart] == ["Python interpreter", "mailprov's code", "Python's standard library", "configuration file"]
+    assert needs(workers, ["pop3"])[1] == []  # POP3 starts no workers
