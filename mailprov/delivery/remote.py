@@ -228,7 +228,9 @@ class RemoteCourier:
         self.dkim = DKIMSigner(config)
         self.pool = ConnectionPool()
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._contexts: dict[bool, ssl.SSLContext] = {}
+        # Made now, not at the first TLS connection: the trust anchors (ca_file, SSL_CERT_FILE, the system
+        # bundle) are read while a service started as root still is root.
+        self._contexts: dict[bool, ssl.SSLContext] = {verify: client_context(verify=verify, ca_file=ca_file) for verify in (False, True)}
         self._helo = config.outbound_helo
         self._source = (config.outbound.source_address, 0) if config.outbound.source_address else None
 
