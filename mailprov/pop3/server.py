@@ -39,6 +39,7 @@ from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.maildir import maildir_path
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
+from mailprov.tls import server_context
 from mailprov.users import UserDB, split
 
 log = logging.getLogger("mailprov.pop3")
@@ -85,8 +86,6 @@ class POP3Server:
         loop = asyncio.get_running_loop()
         self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         if self.ssl_context is None:
-            from mailprov.tls import server_context
-
             self.ssl_context = server_context(self.config)
         try:
             for key, implicit in (("listen", False), ("tls_listen", True)):

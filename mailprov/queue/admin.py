@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from mailprov.errors import UsageError
-from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore
+from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore, is_queue_id
 
 # mailq's markers: '*' being delivered, '!' on hold.
 MARKERS = {"active": "*", "hold": "!", "incoming": " ", "deferred": " "}
@@ -33,16 +33,24 @@ def entries(store: QueueStore, states: tuple[str, ...] = ("incoming", "active", 
     return sorted(found, key=lambda e: e.item.arrival)
 
 
+def _locate(store: QueueStore, queue_id: str) -> tuple[str, str]:
+    """(state, id) of one item named by the operator; a malformed or unknown id is a usage error."""
+    qid = queue_id.upper()
+    if not is_queue_id(qid):
+        raise UsageError(f"{queue_id!r} is not a queue id", fix="queue ids are the hex strings 'mailprov queue list' shows")
+    state = store.locate(qid)
+    if state is None:
+        raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+    return state, qid
+
+
 def _targets(store: QueueStore, ids: list[str], states: tuple[str, ...]) -> list[tuple[str, str]]:
     """(state, id) pairs for ``ids`` (``ALL`` means every item in ``states``); unknown ids are an error."""
     if [i.upper() for i in ids] == ["ALL"]:
         return [(s, i) for s in states for i in store.ids(s)]
     out = []
     for queue_id in ids:
-        qid = queue_id.upper()
-        state = store.locate(qid)
-        if state is None:
-            raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+        state, qid = _locate(store, queue_id)
         if state in states:
             out.append((state, qid))
     return out
@@ -90,10 +98,7 @@ def delete(store: QueueStore, ids: list[str]) -> int:
 
 def show(store: QueueStore, queue_id: str) -> tuple[str, QueueItem, bytes]:
     """One item with its message."""
-    qid = queue_id.upper()
-    state = store.locate(qid)
-    if state is None:
-        raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+    state, qid = _locate(store, queue_id)
     try:
         item, message = store.read(state, qid)
     except CorruptQueueFile as exc:

@@ -57,7 +57,11 @@ def new_queue_id() -> str:
     return f"{micros:013X}{next(_counter) % 4096:03X}{_random.getrandbits(8):02X}"
 
 
-def _valid_id(name: str) -> bool:
+def is_queue_id(name: str) -> bool:
+    """The one rule for a queue id (file names, the worker channel, the CLI): upper-case hex, 8 to 64
+    characters. New ids are 18 (:func:`new_queue_id`); the wider range keeps files written under
+    another id length visible to the queue instead of silently skipped, while still refusing paths,
+    temporary ``.ID.tmp`` names and foreign files."""
     return 8 <= len(name) <= 64 and all(c in "0123456789ABCDEF" for c in name)
 
 
@@ -117,7 +121,7 @@ class QueueItem:
             item = cls(recipients=recipients, **data)
         except (ValueError, TypeError, KeyError) as exc:
             raise CorruptQueueFile(f"bad header: {exc}") from None
-        if not _valid_id(item.id) or not isinstance(item.sender, str) or not item.recipients:
+        if not is_queue_id(item.id) or not isinstance(item.sender, str) or not item.recipients:
             raise CorruptQueueFile("bad header: id, sender or recipients invalid")
         return item
 
@@ -201,7 +205,7 @@ class QueueStore:
             names = os.listdir(self.dir(state))
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if _valid_id(n))
+        return sorted(n for n in names if is_queue_id(n))
 
     def locate(self, queue_id: str) -> str | None:
         """The state an item is in, or None."""

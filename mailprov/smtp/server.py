@@ -26,17 +26,13 @@ import ssl
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
 from mailprov.config import Config, parse_hostport
-from mailprov.delivery.local import LocalCourier
-from mailprov.limits import FailureThrottle
-from mailprov.queue.store import QueueItem
+from mailprov.smtp.context import SMTPContext
 from mailprov.smtp.handler import SMTPHandler
-from mailprov.users import Directory
 
 log = logging.getLogger("mailprov.smtp")
 # aiosmtpd's per-command chatter stays out of the mail log; its warning about AUTH without STARTTLS is
@@ -45,7 +41,6 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS", module="aiosmtpd")
 
 IDENT = "ESMTP mailprov"
-MODES = ("mx", "submission", "submissions")
 # A plain <dot-atom@domain> path, the overwhelmingly common case, parsed without the email package.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
@@ -86,29 +81,6 @@ def add_enhanced_code(status: str) -> str:
         return status
     enhanced = _ENHANCED.get(code, f"{code // 100}.0.0")
     return f"{status[:4]}{enhanced} {status[4:]}"
-
-
-@dataclass
-class SMTPContext:
-    """What every session shares: configuration, directory, storage and limits."""
-
-    config: Config
-    directory: Directory
-    runner: Enqueuer  # the QueueRunner, or in a worker process the channel to the master's
-    local: LocalCourier
-    tls_context: ssl.SSLContext | None
-    auth_limiter: FailureThrottle
-    connections: Limiter  # a ConnectionLimiter, or in a worker process the master's via the channel
-
-
-class Enqueuer(Protocol):
-    async def enqueue(self, item: QueueItem, message: bytes) -> None: ...
-
-
-class Limiter(Protocol):
-    def acquire(self, client: str) -> str | None: ...
-
-    def release(self, client: str) -> None: ...
 
 
 class MailprovSMTP(SMTP):
