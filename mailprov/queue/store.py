@@ -97,7 +97,7 @@ class QueueItem:
     size: int = 0
     smtputf8: bool = False
     body_8bit: bool = False
-    client: str = ""  # "helo ([addr])"
+    client: str = ""  # who handed it over, for the log: "unknown[ADDR]" (Postfix's NAME[ADDR]), or "HOST (local DSN for ID)"
     auth_user: str = ""
     attempts: int = 0
     next_attempt: float = 0.0
