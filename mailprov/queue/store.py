@@ -24,6 +24,7 @@ them, and a restart scans ``incoming``, ``active`` and ``deferred`` and resumes.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import json
 import logging
@@ -215,15 +216,16 @@ class QueueStore:
         return None
 
     def scan(self, states: tuple[str, ...] = ("incoming", "active", "deferred", "hold")) -> Iterator[tuple[str, QueueItem]]:
-        """Every readable item's envelope, quarantining unreadable ones."""
-        for state in states:
-            for queue_id in self.ids(state):
-                try:
-                    yield state, self.read_header(state, queue_id)
-                except FileNotFoundError:
-                    continue
-                except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
-                    self.quarantine(state, queue_id, str(exc))
+        """Every readable item's envelope, oldest first across ``states`` (queue ids are time-ordered),
+        read one at a time: only the ids are held in memory. Unreadable items are quarantined; an item
+        that moved meanwhile is skipped."""
+        for queue_id, state in heapq.merge(*[zip(self.ids(state), itertools.repeat(state)) for state in states]):
+            try:
+                yield state, self.read_header(state, queue_id)
+            except FileNotFoundError:
+                continue
+            except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
+                self.quarantine(state, queue_id, str(exc))
 
     def clean_temporaries(self, max_age: float = 0.0) -> int:
         """Remove temporary ``.NAME.tmp`` files older than ``max_age`` seconds: partial writes of a server
