@@ -14,7 +14,7 @@ import pytest
 
 from tests.deploy import lab
 
-pytestmark = [pytest.mark.peers, pytest.mark.slow]
+pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]  # the session deployment, if built here
 
 
 def test_a_second_deploy_changes_nothing_and_the_hosts_keep_serving(deployed) -> None:
