@@ -4,8 +4,8 @@ Both kinds of SMTP process build their :class:`SMTPContext` here: the single-pro
 master (mailprov.smtp.service), whose intake hands queued items to its own queue runner and whose
 limits are counted in memory; and each worker process (mailprov.smtp.workers), whose intake tells
 the master the queue id and whose connection and AUTH-failure counts live in the master, asked over
-the worker's channel. The handler and the protocol depend only on the interfaces below, so neither
-needs the other's module nor the service's.
+the worker's channel. The handler depends only on the interfaces below, not on the protocol's module
+(mailprov.smtp.server, which builds handlers) nor on the service's: no import goes back up.
 """
 
 from __future__ import annotations
