@@ -89,6 +89,14 @@ class _Worker:
     clients: dict[str, int] = field(default_factory=dict)
 
 
+def auth_reply(throttle: FailureThrottle, kind: str, value: str) -> str:
+    """The master's answer to a worker's ``B <n> <client>`` (blocked?) or ``F <n> <client>`` (a failure,
+    counted here): ``R <n> <failures> <delay> <0|1>``."""
+    number, _, client = value.partition(" ")
+    delay = throttle.fail(client) if kind == "F" else 0.0
+    return f"R {number} {throttle.failures(client)} {delay:.3f} {int(throttle.blocked(client))}"
+
+
 class WorkerPool:
     """The master side: accept, limit, hand over, count AUTH failures; restart workers that die."""
 
@@ -166,11 +174,7 @@ class WorkerPool:
                 self._answer_auth(worker, kind, value)
 
     def _answer_auth(self, worker: _Worker, kind: str, value: str) -> None:
-        """``B``/``F`` from a worker: count (for ``F``) and answer with the client's state."""
-        number, _, client = value.partition(" ")
-        throttle = self.auth_failures
-        delay = throttle.fail(client) if kind == "F" else 0.0
-        reply = f"R {number} {throttle.failures(client)} {delay:.3f} {int(throttle.blocked(client))}"
+        reply = auth_reply(self.auth_failures, kind, value)
         with contextlib.suppress(OSError):  # a worker that is gone, or not reading: it falls back to its own count
             worker.channel.send(reply.encode())
 
