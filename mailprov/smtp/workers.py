@@ -16,13 +16,13 @@ the master filled while still root, so the key file may stay readable by root on
 
 AUTH failures are counted in the master too, for all workers (``smtp.max_auth_failures`` is a limit
 per client address, whichever worker serves it): a worker asks ``B <n> <client>`` (blocked?) or
-reports ``F <n> <client>`` (a failure) and the master answers ``R <n> <failures> <delay> <blocked>``
+reports ``F <n> <client>`` (a failure) and the master answers ``A <n> <failures> <delay> <blocked>``
 on the same channel. A worker whose master does not answer within AUTH_ASK_TIMEOUT seconds counts in
 its own memory meanwhile, so a stuck master never lets a client guess freely.
 
 Channel messages (SOCK_SEQPACKET, one message each, at most MESSAGE_MAX bytes):
 
-    master -> worker   ``<mode> <client>`` with the connection's descriptor; ``R <n> <failures> <delay> <0|1>``
+    master -> worker   ``<mode> <client>`` with the connection's descriptor; ``A <n> <failures> <delay> <0|1>``
     worker -> master   ``Q <queue id>``; ``C <client>``; ``B <n> <client>``; ``F <n> <client>``
 
 A worker whose channel reaches end-of-file (the master is gone, even by SIGKILL) stops; the master
@@ -91,10 +91,10 @@ class _Worker:
 
 def auth_reply(throttle: FailureThrottle, kind: str, value: str) -> str:
     """The master's answer to a worker's ``B <n> <client>`` (blocked?) or ``F <n> <client>`` (a failure,
-    counted here): ``R <n> <failures> <delay> <0|1>``."""
+    counted here): ``A <n> <failures> <delay> <0|1>``."""
     number, _, client = value.partition(" ")
     delay = throttle.fail(client) if kind == "F" else 0.0
-    return f"R {number} {throttle.failures(client)} {delay:.3f} {int(throttle.blocked(client))}"
+    return f"A {number} {throttle.failures(client)} {delay:.3f} {int(throttle.blocked(client))}"
 
 
 class WorkerPool:
@@ -313,7 +313,7 @@ class ChannelAuthThrottle:
             self._waiting.pop(number, None)
 
     def answer(self, value: str) -> None:
-        """``R <n> <failures> <delay> <blocked>`` from the master."""
+        """``A <n> <failures> <delay> <blocked>`` from the master."""
         number, failures, delay, blocked = [*value.split(" "), "", "", ""][:4]
         future = self._waiting.get(number)
         if future is not None and not future.done():
@@ -372,7 +372,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
                 done.set()
                 return
             mode, _, value = data.decode("ascii", "replace").partition(" ")
-            if mode == "R":
+            if mode == "A":
                 auth.answer(value)
             for fd in fds:
                 conn = socket.socket(fileno=fd)

@@ -30,7 +30,7 @@ def test_the_masters_count_is_used_and_a_silent_master_falls_back(monkeypatch):
 
         def worker() -> None:
             kind, _, value = worker_end.recv(workers.MESSAGE_MAX).decode().partition(" ")
-            assert kind == "R"
+            assert kind == "A"
             throttle.answer(value)
 
         loop.add_reader(master_end.fileno(), master)
