@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import imaplib
 import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def test_two_sessions_see_each_others_changes_rfc3501_5_2(imap_server):
     desktop.expunge()
     desktop.store("1", "+FLAGS", "(\\Answered)")
     phone.untagged_responses.clear()
-    typ, _ = phone.noop()
+    phone.noop()
     assert phone.untagged_responses.get("EXPUNGE") == [b"2"]
     fetches = phone.untagged_responses.get("FETCH", [])
     assert any(b"\\Answered" in f for f in fetches)
@@ -174,10 +173,10 @@ def test_failed_logins_are_throttled_then_disconnected(imap_config):
 
 
 def test_idle_across_threads_many_sessions(imap_server):
-    """Ten IDLE sessions all see one delivery (bounded: 10 s)."""
+    """Five IDLE sessions all see one delivery (bounded: 10 s)."""
     clients = []
     host, port = imap_server.plain
-    for _ in range(10):
+    for _ in range(5):
         c = IMAPClient(host, port=port, ssl=False, timeout=10)
         c.login("john@example.test", PASSWORD)
         c.select_folder("INBOX")
@@ -194,7 +193,7 @@ def test_idle_across_threads_many_sessions(imap_server):
         t.start()
     for t in threads:
         t.join(10)
-    assert len(results) == 10 and all(any(r[1] == b"EXISTS" for r in res) for res in results)
+    assert len(results) == 5 and all(any(r[1] == b"EXISTS" for r in res) for res in results)
     for c in clients:
         c.idle_done()
         c.logout()
