@@ -40,7 +40,7 @@ from typing import Literal
 
 from mailprov import maildir as md
 from mailprov.atomic import atomic_write, fsync_dir
-from mailprov.imap import mutf7
+from mailprov.imap import mutf7, watch
 
 UIDLIST = "dovecot-uidlist"
 UIDVALIDITY = "dovecot-uidvalidity"
@@ -444,6 +444,16 @@ class Folder:
         self._stamp: tuple[int, ...] = ()
         self._closed = False
         md.ensure_maildir(path)
+        self._watcher = watch.watcher()
+        self._wds: tuple[int, ...] = ()
+        self._gens: tuple[int, ...] = ()
+        if self._watcher is not None:
+            try:
+                self._wds = tuple(self._watcher.add(path / sub) for sub in ("new", "cur"))
+            except OSError:  # out of inotify watches: this folder polls
+                for wd in self._wds:
+                    self._watcher.remove(wd)
+                self._wds = ()
         listed = self._read()
         if listed is None:
             listed = self._with_lock(lambda ul: ul)  # creates it with a new UIDVALIDITY
@@ -502,7 +512,11 @@ class Folder:
     def sync(self) -> tuple[list[MessageInfo], set[int]]:
         """All messages sorted by UID, and the UIDs that are \\Recent for this caller. New messages get
         UIDs (under the uidlist lock); files gone from disk are expunged from this view."""
-        self._stamp = self._dir_stamp()
+        # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
+        if self._wds:
+            self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
+        else:
+            self._stamp = self._dir_stamp()
         moved = self._move_new()
         found = md.scan(self.dir)
         listed = self._read()
@@ -842,7 +856,10 @@ class Folder:
 
     async def wait_for_change(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until the folder may have changed since the last ``sync()``:
-        a delivery, a flag change or an expunge by anyone. True then; False on timeout."""
+        a delivery, a flag change or an expunge by anyone. True then; False on timeout. inotify wakes it
+        at once; without inotify the directories are checked every POLL_INTERVAL seconds."""
+        if self._wds and self._watcher is not None:
+            return await self._watcher.wait(self._wds, self._gens, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -856,6 +873,12 @@ class Folder:
 
     def close(self) -> None:
         """Release what this view holds (idempotent)."""
+        if self._closed:
+            return
         self._closed = True
+        if self._watcher is not None:
+            for wd in self._wds:
+                self._watcher.remove(wd)
+        self._wds = ()
         self._msgs.clear()
         self._by_base.clear()
