@@ -74,13 +74,25 @@ def test_lost_or_corrupt_uidlist_starts_new_uidvalidity(store: Store) -> None:
     inbox = store.open("INBOX")
     inbox.sync()
     old = inbox.uidvalidity
-    (store.root / UIDLIST).write_text("3 V12 N2\n5 :broken\n")  # uid 5 >= next uid 2: corrupt
+    (store.root / UIDLIST).write_text("3 V12 N9\n5 :a\n3 :b\n")  # UIDs out of order: corrupt
     fresh = store.open("INBOX")
     fresh.sync()
     assert fresh.uidvalidity > old
     (store.root / UIDLIST).unlink()
     lost = store.open("INBOX")
     assert lost.uidvalidity > fresh.uidvalidity
+
+
+def test_uidlist_parsing_follows_dovecot() -> None:
+    """Dovecot appends records without updating N (the next UID is past the last record), and a reader
+    without the lock may see a partial last line (ignored); version 1 lists are read too."""
+    appended = parse_uidlist(b"3 V7 N1 Gab\n1 :x,S=1:2,S\n2 W9 S8 :y\n3 :partial")
+    assert appended is not None and appended.next_uid == 3 and appended.header == {"G": "ab"}
+    assert appended.entries == {1: ("x,S=1", ""), 2: ("y", "W9 S8")}
+    old = parse_uidlist(b"1 5 10\n4 a\n")
+    assert old is not None and (old.uidvalidity, old.next_uid, old.entries) == (5, 10, {4: ("a", "")})
+    for bad in (b"", b"garbage\n", b"3 N5\n", b"3 V0 N5\n", b"3 V1 N5\n2 :a\n2 :b\n", b"3 V1 N5\n1 x\n"):
+        assert parse_uidlist(bad) is None, bad
 
 
 def test_uidlist_is_dovecot_version_3(store: Store) -> None:
