@@ -40,7 +40,7 @@ from typing import Literal
 
 from mailprov import maildir as md
 from mailprov.atomic import atomic_write, fsync_dir
-from mailprov.imap import mutf7
+from mailprov.imap import mutf7, watch
 
 UIDLIST = "dovecot-uidlist"
 UIDVALIDITY = "dovecot-uidvalidity"
@@ -72,6 +72,9 @@ class FolderInfo:
     special_use: str | None  # '\\Sent', '\\Drafts', '\\Trash', '\\Junk' (RFC 6154) or None
     has_children: bool
     subscribed: bool
+    # False for a level that exists only because a folder below it does ('a' of '.a.b' when '.a' is
+    # missing, as Dovecot leaves it): LIST shows it \Noselect (RFC 3501 6.3.8).
+    selectable: bool = True
 
 
 class StoreError(Exception):
@@ -115,9 +118,10 @@ def parse_uidlist(data: bytes) -> UidList | None:
     caller must start a new UIDVALIDITY: trusting part of a damaged list could reuse a UID)."""
     try:
         text = data.decode("utf-8", "surrogateescape")
+        # Dovecot appends records under the lock; a reader without the lock may see a partial last
+        # line: only newline-terminated lines count (the caller re-reads under the lock before it writes).
         lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
+        lines.pop()
         if not lines:
             return None
         head = lines[0].split(" ")
@@ -147,11 +151,12 @@ def parse_uidlist(data: bytes) -> UidList | None:
                 uid_text, _, ext = before.partition(" ")
             uid = int(uid_text)
             base = md.base_name(base)
-            if uid <= last or uid >= next_uid or not base:
+            if uid <= last or not base:
                 return None
             entries[uid] = (base, ext)
             last = uid
-        return UidList(uidvalidity, next_uid, header, entries)
+        # Dovecot appends records without rewriting the header, so N can lag behind the last UID.
+        return UidList(uidvalidity, max(next_uid, last + 1), header, entries)
     except (ValueError, KeyError, IndexError):
         return None
 
@@ -249,14 +254,16 @@ class Store:
 
     def folders(self) -> list[FolderInfo]:
         """INBOX and every sub-folder, sorted by name."""
-        names = sorted(self._names())
+        real = set(self._names())
+        implied = {DELIMITER.join(n.split(DELIMITER)[:i]) for n in real for i in range(1, n.count(DELIMITER) + 1)}
+        names = sorted(real | (implied - {"INBOX"}))
         subscribed = set(self._subscriptions())
-        every = ["INBOX", *names]
         out = []
-        for name in every:
+        for name in ["INBOX", *names]:
             prefix = name + DELIMITER
             children = any(other.startswith(prefix) for other in names)
-            out.append(FolderInfo(name, SPECIAL_USE.get(name), children, name in subscribed))
+            selectable = name == "INBOX" or name in real
+            out.append(FolderInfo(name, SPECIAL_USE.get(name), children, name in subscribed, selectable))
         return out
 
     def _make_folder(self, name: str) -> None:
@@ -346,20 +353,28 @@ class Store:
             self._write_subscriptions(renamed)
 
     def _subscriptions(self) -> list[str]:
-        """Subscribed names. Reads Dovecot's version 2 file (``V\\t2`` header, levels separated by tabs)
-        and the plain one-name-a-line form."""
+        """Subscribed names. Reads Dovecot's version 2 file (``V\\t2``, a blank line, then one name a
+        line in modified UTF-7 with tabs between hierarchy levels) and the older one-name-a-line form."""
         try:
             lines = (self.root / SUBSCRIPTIONS).read_text("utf-8", "replace").split("\n")
         except FileNotFoundError:
             return []
         if lines and lines[0].startswith("V\t"):
             body = lines[lines.index("", 1) + 1 :] if "" in lines[1:] else lines[1:]
-            return [line.replace("\t", DELIMITER) for line in body if line]
-        return [line for line in lines if line]
+            names = [line.replace("\t", DELIMITER) for line in body if line]
+        else:
+            names = [line for line in lines if line]
+        out = []
+        for name in names:
+            try:
+                out.append(_normal(mutf7.decode(name)))
+            except mutf7.MUTF7Error:
+                out.append(name)  # written by a program that stored UTF-8: take it as it is
+        return out
 
     def _write_subscriptions(self, names: list[str]) -> None:
         unique = list(dict.fromkeys(names))
-        body = "V\t2\n\n" + "".join(name.replace(DELIMITER, "\t") + "\n" for name in unique)
+        body = "V\t2\n\n" + "".join(mutf7.encode(name).replace(DELIMITER, "\t") + "\n" for name in unique)
         with md.DotLock(self.root / SUBSCRIPTIONS, timeout=self.lock_timeout) as lock:
             lock.commit(body.encode())
 
@@ -399,7 +414,7 @@ class Store:
             except (FileNotFoundError, FileExistsError):
                 continue  # another process claimed it first: read again
             with contextlib.suppress(OSError):
-                atomic_write(self.root / UIDVALIDITY, f"{value:08x}\n", mode=0o600, sync_dir=False)
+                atomic_write(self.root / UIDVALIDITY, f"{value:08x}", mode=0o600, sync_dir=False)
             return value
         raise StoreError("UNAVAILABLE", "could not allocate a UIDVALIDITY (too much contention)")
 
@@ -444,6 +459,16 @@ class Folder:
         self._stamp: tuple[int, ...] = ()
         self._closed = False
         md.ensure_maildir(path)
+        self._watcher = watch.watcher()
+        self._wds: tuple[int, ...] = ()
+        self._gens: tuple[int, ...] = ()
+        if self._watcher is not None:
+            try:
+                self._wds = tuple(self._watcher.add(path / sub) for sub in ("new", "cur"))
+            except OSError:  # out of inotify watches: this folder polls
+                for wd in self._wds:
+                    self._watcher.remove(wd)
+                self._wds = ()
         listed = self._read()
         if listed is None:
             listed = self._with_lock(lambda ul: ul)  # creates it with a new UIDVALIDITY
@@ -502,7 +527,11 @@ class Folder:
     def sync(self) -> tuple[list[MessageInfo], set[int]]:
         """All messages sorted by UID, and the UIDs that are \\Recent for this caller. New messages get
         UIDs (under the uidlist lock); files gone from disk are expunged from this view."""
-        self._stamp = self._dir_stamp()
+        # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
+        if self._wds:
+            self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
+        else:
+            self._stamp = self._dir_stamp()
         moved = self._move_new()
         found = md.scan(self.dir)
         listed = self._read()
@@ -842,7 +871,10 @@ class Folder:
 
     async def wait_for_change(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until the folder may have changed since the last ``sync()``:
-        a delivery, a flag change or an expunge by anyone. True then; False on timeout."""
+        a delivery, a flag change or an expunge by anyone. True then; False on timeout. inotify wakes it
+        at once; without inotify the directories are checked every POLL_INTERVAL seconds."""
+        if self._wds and self._watcher is not None:
+            return await self._watcher.wait(self._wds, self._gens, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -856,6 +888,12 @@ class Folder:
 
     def close(self) -> None:
         """Release what this view holds (idempotent)."""
+        if self._closed:
+            return
         self._closed = True
+        if self._watcher is not None:
+            for wd in self._wds:
+                self._watcher.remove(wd)
+        self._wds = ()
         self._msgs.clear()
         self._by_base.clear()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailprov import maildir as md
+from mailprov.imap import watch
 from mailprov.imap.store import UIDLIST, Store, StoreError, parse_uidlist
 from mailprov.pop3.mailbox import Mailbox
 
@@ -70,13 +74,25 @@ def test_lost_or_corrupt_uidlist_starts_new_uidvalidity(store: Store) -> None:
     inbox = store.open("INBOX")
     inbox.sync()
     old = inbox.uidvalidity
-    (store.root / UIDLIST).write_text("3 V12 N2\n5 :broken\n")  # uid 5 >= next uid 2: corrupt
+    (store.root / UIDLIST).write_text("3 V12 N9\n5 :a\n3 :b\n")  # UIDs out of order: corrupt
     fresh = store.open("INBOX")
     fresh.sync()
     assert fresh.uidvalidity > old
     (store.root / UIDLIST).unlink()
     lost = store.open("INBOX")
     assert lost.uidvalidity > fresh.uidvalidity
+
+
+def test_uidlist_parsing_follows_dovecot() -> None:
+    """Dovecot appends records without updating N (the next UID is past the last record), and a reader
+    without the lock may see a partial last line (ignored); version 1 lists are read too."""
+    appended = parse_uidlist(b"3 V7 N1 Gab\n1 :x,S=1:2,S\n2 W9 S8 :y\n3 :partial")
+    assert appended is not None and appended.next_uid == 3 and appended.header == {"G": "ab"}
+    assert appended.entries == {1: ("x,S=1", ""), 2: ("y", "W9 S8")}
+    old = parse_uidlist(b"1 5 10\n4 a\n")
+    assert old is not None and (old.uidvalidity, old.next_uid, old.entries) == (5, 10, {4: ("a", "")})
+    for bad in (b"", b"garbage\n", b"3 N5\n", b"3 V0 N5\n", b"3 V1 N5\n2 :a\n2 :b\n", b"3 V1 N5\n1 x\n"):
+        assert parse_uidlist(bad) is None, bad
 
 
 def test_uidlist_is_dovecot_version_3(store: Store) -> None:
@@ -306,3 +322,131 @@ def test_wait_for_change_wakes_on_delivery(store: Store) -> None:
 
     quiet, elapsed, woke = asyncio.run(scenario())
     assert not quiet and woke and elapsed < 1.0
+
+
+def test_wait_for_change_polls_without_inotify(store: Store, monkeypatch) -> None:
+    """The bounded-poll fallback (no inotify, or no watches left) still wakes within a second."""
+    monkeypatch.setattr(watch, "watcher", lambda: None)
+    inbox = store.open("INBOX")
+    inbox.sync()
+
+    async def scenario() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        loop.call_later(0.1, deliver, store.root)
+        return await inbox.wait_for_change(5), loop.time() - start
+
+    woke, elapsed = asyncio.run(scenario())
+    assert woke and elapsed < 1.0
+
+
+def test_wait_wakes_on_other_sessions_flag_change_and_expunge(store: Store) -> None:
+    deliver(store.root)
+    phone, desktop = store.open("INBOX"), Store(store.root).open("INBOX")
+    phone.sync()
+    desktop.sync()
+
+    async def scenario() -> list[bool]:
+        results = []
+        for action in (lambda: desktop.store_flags([1], ["\\Deleted"], "add"), desktop.expunge):
+            asyncio.get_running_loop().call_later(0.05, action)
+            results.append(await phone.wait_for_change(5))
+            phone.sync()
+        results.append(await phone.wait_for_change(0.2))  # nothing more happened
+        return results
+
+    assert asyncio.run(scenario()) == [True, True, False]
+
+
+def test_one_inotify_descriptor_for_many_sessions(store: Store) -> None:
+    """Watches are shared per directory and released on close; the descriptor is one per process."""
+    shared = watch.watcher()
+    assert shared is not None
+    folders = [Store(store.root, create_special=False).open("INBOX") for _ in range(200)]
+    assert {id(f._watcher) for f in folders} == {id(shared)}
+    assert len({f._wds for f in folders}) == 1
+    wds = folders[0]._wds
+    for folder in folders:
+        folder.close()
+    assert all(wd not in shared._refs for wd in wds)
+
+
+MDA_SCRIPT = """
+import sys
+from pathlib import Path
+from mailprov import maildir as md
+box = Path(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    md.deliver_file(box, b"Subject: %d\\n\\nbody\\n" % i, "other.process")
+"""
+
+SYNC_SCRIPT = """
+import sys, json, time
+from pathlib import Path
+from mailprov.imap.store import Store
+folder = Store(Path(sys.argv[1]), create_special=False).open("INBOX")
+seen = {}
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    msgs = folder.sync()[0]
+    for m in msgs:
+        assert seen.setdefault(m.key, m.uid) == m.uid, "a message changed UID"
+    if len(msgs) >= int(sys.argv[2]):
+        break
+print(json.dumps(seen))
+"""
+
+
+def test_processes_racing_deliveries_agree_on_uids(store: Store) -> None:
+    """Two IMAP processes syncing while another process delivers: one UID per message, the same in both
+    (the uidlist dotlock works across processes)."""
+    count = 120
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    syncers = [
+        subprocess.Popen([sys.executable, "-c", SYNC_SCRIPT, str(store.root), str(count)], stdout=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    try:
+        subprocess.run([sys.executable, "-c", MDA_SCRIPT, str(store.root), str(count)], check=True, timeout=60, env=env)
+        outputs = [json.loads(p.communicate(timeout=60)[0]) for p in syncers]
+    finally:
+        for p in syncers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert outputs[0] == outputs[1]
+    assert sorted(outputs[0].values()) == list(range(1, count + 1))
+
+
+def test_delivery_racing_copy_and_expunge(store: Store) -> None:
+    """COPY and EXPUNGE while the MDA delivers: nothing delivered is lost, nothing copied twice."""
+    for _ in range(20):
+        deliver(store.root)
+    inbox, trash = store.open("INBOX"), store.open("Trash")
+    inbox.sync()
+    done = threading.Event()
+    delivered: list[str] = []
+
+    def mda() -> None:
+        for _ in range(60):
+            delivered.append(md.base_name(deliver(store.root).name))
+        done.set()
+
+    thread = threading.Thread(target=mda)
+    thread.start()
+    copied = 0
+    expunged: set[str] = set()
+    while not done.is_set() or copied < 3:
+        msgs, _ = inbox.sync()
+        uids = [m.uid for m in msgs[:5]]
+        pairs = inbox.copy(uids, trash)
+        assert [s for s, _d in pairs] == uids
+        copied += 1
+        inbox.store_flags(uids[:2], ["\\Deleted"], "add")
+        keys = {m.uid: m.key for m in msgs}
+        expunged.update(keys[u] for u in inbox.expunge())
+    thread.join(60)
+    remaining = {m.key for m in inbox.sync()[0]}
+    assert set(delivered) <= remaining | expunged
+    trash_msgs, _ = trash.sync()
+    assert len({m.uid for m in trash_msgs}) == len(trash_msgs) == 5 * copied
