@@ -212,3 +212,24 @@ def test_large_append_within_the_limit_and_over_it(imap_config):
             c.append("INBOX", None, None, big + big)
         assert c.noop()[0] == "OK"
         c.logout()
+
+
+def test_connection_limit_per_client(imap_config):
+    with IMAPThread(imap_config(max_connections_per_client=1)) as server:
+        first = raw(server)
+        second = socket.create_connection(server.plain, timeout=10)
+        assert second.recv(4096).startswith(b"* BYE [UNAVAILABLE]")
+        second.close()
+        assert b"a OK" in exchange(first, b"a NOOP\r\n", b"a ")
+        first.close()
+
+
+def test_autologout_after_the_idle_timeout_rfc3501_5_4(imap_config):
+    config = imap_config()
+    config.imap.idle_timeout = 1  # the schema refuses less than RFC 3501's 30 minutes; shortened for the test
+    with IMAPThread(config) as server:
+        sock = raw(server)
+        started = time.monotonic()
+        out = exchange(sock, b"", b"BYE")
+        assert b"* BYE Autologout" in out and 0.9 <= time.monotonic() - started < 5
+        sock.close()
