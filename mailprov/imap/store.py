@@ -454,6 +454,9 @@ class Folder:
         self.uidvalidity = 0
         self.uidnext = 1
         self._keywords = md.Keywords(path)
+        self._keywords_seen = -1
+        self._flagsets: dict[str, frozenset[str]] = {}  # flag letters -> IMAP flags, for this keyword map
+        self._dirname = os.fspath(path)
         self._msgs: dict[int, _Msg] = {}
         self._by_base: dict[str, int] = {}
         self._stamp: tuple[int, ...] = ()
@@ -540,6 +543,12 @@ class Folder:
             found = self._found
         self.uidvalidity, self.uidnext = listed.uidvalidity, listed.next_uid
         self._apply(listed, found)
+        self._keywords.load()
+        if self._keywords.version != self._keywords_seen:  # keyword letters may mean other names now
+            self._keywords_seen = self._keywords.version
+            self._flagsets.clear()
+            for msg in self._msgs.values():
+                msg.info = None
         infos = [self._info(m) for m in self._msgs.values()]
         recent = {self._by_base[b] for b in moved if b in self._by_base}
         return infos, recent
@@ -607,8 +616,8 @@ class Folder:
                     old.name, old.subdir, old.info = name, subdir, None
                 msgs[uid] = old
                 continue
-            size = md.size_hints(name)[1]
-            if size is None:
+            size = md.crlf_hint(name)
+            if size is None and ext:
                 hinted = ext_field(ext, "W")
                 size = int(hinted) if hinted and hinted.isdigit() else None
             msgs[uid] = _Msg(uid, base, subdir, name, size, None)
@@ -618,19 +627,22 @@ class Folder:
     def _info(self, msg: _Msg) -> MessageInfo:
         if msg.info is not None:
             return msg.info
-        path = self.dir / msg.subdir / msg.name
-        if msg.mtime is None:
+        for _ in range(3):
+            path = f"{self._dirname}/{msg.subdir}/{msg.name}"  # a str: pathlib costs more than the stat
             try:
-                msg.mtime = os.stat(path).st_mtime
+                if msg.mtime is None:
+                    msg.mtime = os.stat(path).st_mtime
+                if msg.size is None:
+                    msg.size = md.file_crlf_size(path, final=False)
+                break
             except FileNotFoundError:
-                msg.mtime = 0.0
-        if msg.size is None:
-            try:
-                msg.size = md.file_crlf_size(path, final=False)
-            except FileNotFoundError:
-                msg.size = 0
+                if not self._relocate(msg):
+                    break  # expunged meanwhile: the next sync drops it
         letters = md.split_name(msg.name)[1] or ""
-        msg.info = MessageInfo(msg.uid, msg.base, frozenset(self._keywords.flags_of(letters)), msg.size, msg.mtime)
+        flags = self._flagsets.get(letters)
+        if flags is None:
+            flags = self._flagsets[letters] = frozenset(self._keywords.flags_of(letters))
+        msg.info = MessageInfo(msg.uid, msg.base, flags, msg.size or 0, msg.mtime or 0.0)
         return msg.info
 
     # messages -----------------------------------------------------------------------------------------
