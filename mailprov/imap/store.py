@@ -50,6 +50,10 @@ DELIMITER = "."
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
 _TRASHED = "mailprov-trashed."  # prefix of a deleted folder's directory while it is removed
 POLL_INTERVAL = 0.25  # seconds between checks when inotify is unavailable
+# A sync skips the directory scan when new/, cur/ and the lists are unchanged since the last one and
+# were last modified this many seconds ago: a change within the same timestamp tick would not show in
+# the modification time (Dovecot keeps the same safety margin).
+SETTLED = 2.0
 _VALIDITY_MARK = re.compile(r"^dovecot-uidvalidity\.([0-9a-f]{8})$")
 
 
@@ -460,6 +464,8 @@ class Folder:
         self._msgs: dict[int, _Msg] = {}
         self._by_base: dict[str, int] = {}
         self._stamp: tuple[int, ...] = ()
+        self._synced_stamp: tuple[int, ...] = ()
+        self._synced_infos: list[MessageInfo] = []
         self._closed = False
         md.ensure_maildir(path)
         self._watcher = watch.watcher()
@@ -472,7 +478,8 @@ class Folder:
                 for wd in self._wds:
                     self._watcher.remove(wd)
                 self._wds = ()
-        listed = self._read()
+        self._peeked: tuple[tuple[int, ...], UidList | None] = ((), None)
+        listed = self._peek()
         if listed is None:
             listed = self._with_lock(lambda ul: ul)  # creates it with a new UIDVALIDITY
         self.uidvalidity, self.uidnext = listed.uidvalidity, listed.next_uid
@@ -480,10 +487,24 @@ class Folder:
     # uidlist ------------------------------------------------------------------------------------------
 
     def _read(self) -> UidList | None:
+        """The uidlist as it is on disk now (under the lock: the caller may change what it returns)."""
         try:
             return parse_uidlist((self.dir / UIDLIST).read_bytes())
         except FileNotFoundError:
             return None
+
+    def _peek(self) -> UidList | None:
+        """The uidlist for reading only: parsed again only when the file changed (size, mtime, inode:
+        Dovecot appends in place, everyone else replaces it by rename)."""
+        try:
+            with open(self.dir / UIDLIST, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+                if stamp != self._peeked[0]:
+                    self._peeked = (stamp, parse_uidlist(handle.read()))
+        except FileNotFoundError:
+            self._peeked = ((), None)
+        return self._peeked[1]
 
     def _with_lock(self, change: Callable[[UidList], UidList | None]) -> UidList:
         """Run ``change`` on the current uidlist under its lock; write what it returns (unless None)."""
@@ -533,11 +554,12 @@ class Folder:
         # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
         if self._wds:
             self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
-        else:
-            self._stamp = self._dir_stamp()
+        stamp = self._stamp = self._dir_stamp()
+        if stamp == self._synced_stamp and time.time() - max(stamp[0::2]) / 1e9 > SETTLED:
+            return list(self._synced_infos), set()  # nothing in new/, cur/ or the lists changed
         moved = self._move_new()
         found = md.scan(self.dir)
-        listed = self._read()
+        listed = self._peek()
         if listed is None or listed.uidvalidity != self.uidvalidity or self._needs_update(listed, found):
             listed = self._assign_all()
             found = self._found
@@ -551,7 +573,8 @@ class Folder:
                 msg.info = None
         infos = [self._info(m) for m in self._msgs.values()]
         recent = {self._by_base[b] for b in moved if b in self._by_base}
-        return infos, recent
+        self._synced_stamp, self._synced_infos = stamp, infos
+        return list(infos), recent
 
     def _needs_update(self, listed: UidList, found: dict[str, tuple[str, str]]) -> bool:
         if len(found) != len(listed.entries):
