@@ -20,7 +20,7 @@ from mailprov.errors import MailprovError
 from mailprov.privileges import drop_privileges, prepare_directories
 
 log = logging.getLogger("mailprov")
-SERVICE_NAMES = ("smtp", "pop3")
+SERVICE_NAMES = ("smtp", "pop3", "imap")
 
 
 class Service(Protocol):
@@ -43,6 +43,10 @@ def build(config: Config, names: list[str]) -> list[Service]:
             from mailprov.pop3.service import POP3Service
 
             services.append(POP3Service(config, serve_after_drop=True))
+        elif name == "imap":
+            from mailprov.imap.service import IMAPService
+
+            services.append(IMAPService(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services
