@@ -32,6 +32,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -462,24 +463,34 @@ class Prober:
         token = self._submit("probe.submission")
         if token is None:
             return
-        subject = f"pop3s {self.t.address}:{self.t.pop3s_port}"
+        self._await_message(
+            "probe.pop3",
+            f"pop3s {self.t.address}:{self.t.pop3s_port}",
+            lambda: self._fetch(user, password, token),
+            f"test message {token[:8]} fetched from {user}'s mailbox and deleted",
+            f"test message {token[:8]} did not reach {user}'s mailbox",
+        )
+
+    def _await_message(self, check_id: str, subject: str, fetch: Callable[[], bool], found: str, missing: str) -> None:
+        """Poll ``fetch`` (a session that looks for the test message) until it finds it or the probe's
+        timeout passes; a failing session ends it at once. Reports ``check_id``."""
         deadline = time.monotonic() + self.t.timeout
         while True:
             try:
-                found = self._fetch(user, password, token)
-            except (OSError, poplib.error_proto, ssl.SSLError) as exc:
-                self.add("probe.pop3", Status.FAIL, subject, f"POP3 session failed: {exc}")
-                return
-            if found:
-                self.add("probe.pop3", Status.PASS, subject, f"test message {token[:8]} fetched from {user}'s mailbox and deleted")
+                if fetch():
+                    self.add(check_id, Status.PASS, subject, found)
+                    return
+            except (OSError, poplib.error_proto, imaplib.IMAP4.error, ssl.SSLError) as exc:
+                fix = "check the user and password" if isinstance(exc, imaplib.IMAP4.error) else ""
+                self.add(check_id, Status.FAIL, subject, f"session failed: {exc}", fix)
                 return
             if time.monotonic() >= deadline:
                 self.add(
-                    "probe.pop3",
+                    check_id,
                     Status.FAIL,
                     subject,
-                    f"test message {token[:8]} did not reach {user}'s mailbox within {self.t.timeout:.0f}s",
-                    "see 'mailprov queue list' and the service log on the host",
+                    f"{missing} within {self.t.timeout:.0f}s",
+                    "see 'mailprov queue list' and the service logs on the host",
                 )
                 return
             time.sleep(POLL)
@@ -560,30 +571,13 @@ class Prober:
         if token is None:
             return
         user, password = self.t.user or "", self.t.password or ""
-        subject = f"imaps {self.t.address}:{self.t.imaps_port}"
-        deadline = time.monotonic() + self.t.timeout
-        while True:
-            try:
-                found = self._imap_fetch(user, password, token)
-            except imaplib.IMAP4.error as exc:
-                self.add("probe.imap", Status.FAIL, subject, f"IMAP session failed: {exc}", "check the user and password")
-                return
-            except (OSError, ssl.SSLError) as exc:
-                self.add("probe.imap", Status.FAIL, subject, f"IMAP session failed: {exc}")
-                return
-            if found:
-                self.add("probe.imap", Status.PASS, subject, f"logged in as {user}; test message {token[:8]} found in INBOX and expunged")
-                return
-            if time.monotonic() >= deadline:
-                self.add(
-                    "probe.imap",
-                    Status.FAIL,
-                    subject,
-                    f"test message {token[:8]} did not show up in {user}'s INBOX within {self.t.timeout:.0f}s",
-                    "see 'mailprov queue list' and the service logs on the host",
-                )
-                return
-            time.sleep(POLL)
+        self._await_message(
+            "probe.imap",
+            f"imaps {self.t.address}:{self.t.imaps_port}",
+            lambda: self._imap_fetch(user, password, token),
+            f"logged in as {user}; test message {token[:8]} found in INBOX and expunged",
+            f"test message {token[:8]} did not show up in {user}'s INBOX",
+        )
 
     def _imap_fetch(self, user: str, password: str, token: str) -> bool:
         client = _IMAPS(self.t.address, self.t.imaps_port, self.t.io_timeout, self.t.source_address)

@@ -280,7 +280,8 @@ class Store:
 
     def create(self, name: str) -> None:
         """CREATE (RFC 3501 6.3.3): the folder and any missing superior levels."""
-        name = _normal(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) and name != DELIMITER else _normal(name)
+        # A trailing delimiter only says the client means to create names below it (RFC 3501 6.3.3).
+        name = _normal(name[:-1] if name.endswith(DELIMITER) else name)
         check_name(name)
         if self._dir(name) is not None:
             raise StoreError("ALREADYEXISTS", f"{name} already exists")
@@ -797,6 +798,8 @@ class Folder:
         try:
             final = md.deliver_file(self.dir, data, self.store.host, subdir="cur", flags=letters, mtime=internaldate)
             fsync_dir(self.dir / "cur")
+        except FileNotFoundError:
+            raise StoreError("NONEXISTENT", f"{self.name} was deleted") from None
         except OSError as exc:
             raise _os_error(exc, f"cannot append to {self.name}") from exc
         base = md.base_name(final.name)
