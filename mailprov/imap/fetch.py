@@ -11,6 +11,7 @@ import email.utils
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from mailprov.imap import mime
 from mailprov.imap.parser import NIL, Atom, ParseError, Token, format_date_time, quote
@@ -39,7 +40,7 @@ class Item:
     partial: tuple[int, int] | None = None
     peek: bool = False
 
-    @property
+    @cached_property
     def label(self) -> str:
         """The item's name in the response."""
         if self.name != "BODY[]":

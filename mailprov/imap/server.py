@@ -49,7 +49,7 @@ VERIFY_SLOTS = 4  # concurrent argon2id checks
 WORKERS = 16  # threads running commands (file I/O) for all sessions
 HANDSHAKE_TIMEOUT = 30.0
 MAX_ERRORS = 10  # protocol errors in a row before the session is closed
-WRITE_BATCH = 256 * 1024
+MAX_PIPELINED = 1024 * 1024  # input buffered while a command runs before reading pauses
 
 
 class IMAPServer:
@@ -229,8 +229,8 @@ class Connection(asyncio.Protocol):
             return
         self._last = self.loop.time()
         self.reader.feed(data)
-        if len(self.reader.buffer) > 4 * 1024 * 1024 and self.transport:
-            self.transport.pause_reading()  # a client far ahead of us: stop reading until we catch up
+        if self._busy and len(self.reader.buffer) > MAX_PIPELINED and self.transport:
+            self.transport.pause_reading()  # a client far ahead of a running command: wait for it
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -303,7 +303,8 @@ class Connection(asyncio.Protocol):
             self._act(self.session.auth_response(tag, line, self))
             if self._busy or self._closed:
                 return
-        if self.transport and len(self.reader.buffer) < 1024 * 1024:
+        if self.transport:
+            # Not busy: read on (the reader itself bounds what it keeps: a line, an allowed literal).
             self.transport.resume_reading()
         for event in self.reader.events():
             if isinstance(event, Continue):

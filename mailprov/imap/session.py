@@ -802,7 +802,7 @@ class Session:
         """Sync the selected folder and report changes since the last report (RFC 3501 7.4.1: without
         ``expunge``, messages gone stay in the map until a command that may report them)."""
         sel = self.selected
-        if sel is None:
+        if sel is None or not sel.folder.changed():
             return
         infos, recent = sel.folder.sync()
         now = {i.uid: i for i in infos}

@@ -652,7 +652,7 @@ class Folder:
         if msg.info is not None:
             return msg.info
         for _ in range(3):
-            path = f"{self._dirname}/{msg.subdir}/{msg.name}"  # a str: pathlib costs more than the stat
+            path = f"{self._dirname}/{msg.subdir}/{msg.name}"  # a string: 10,000 of these per SELECT
             try:
                 if msg.mtime is None:
                     msg.mtime = os.stat(path).st_mtime
@@ -697,8 +697,9 @@ class Folder:
         msg = self._msg(uid)
         for _ in range(3):
             try:
-                with open(self._file(msg), "rb") as handle:
-                    return md.to_crlf(handle.read())
+                # Unbuffered, on a string path: FETCH BODY[] of many messages spends its time here.
+                with open(f"{self._dirname}/{msg.subdir}/{msg.name}", "rb", buffering=0) as handle:
+                    return md.to_crlf(handle.readall())
             except FileNotFoundError:
                 if not self._relocate(msg):
                     break
@@ -906,6 +907,13 @@ class Folder:
             with contextlib.suppress(OSError):
                 fsync_dir(self.dir / "cur")
         return removed
+
+    def changed(self) -> bool:
+        """Whether the folder may have changed since the last ``sync()`` (cheap: no directory read). With
+        inotify this is exact; without it, always True (the caller then syncs, as before)."""
+        if self._wds and self._watcher is not None:
+            return self._watcher.generation(self._wds) != self._gens
+        return True
 
     async def wait_for_change(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until the folder may have changed since the last ``sync()``:

@@ -197,3 +197,39 @@ def test_idle_across_threads_many_sessions(imap_server):
     for c in clients:
         c.idle_done()
         c.logout()
+
+
+def test_large_append_within_the_limit_and_over_it(imap_config):
+    """A 6 MiB APPEND arrives whole (reading is not paused mid-literal); one over APPENDLIMIT is refused
+    before the client sends it (RFC 7889 APPENDLIMIT, RFC 3501 7.5)."""
+    with IMAPThread(imap_config(append_limit=8 * 1024 * 1024)) as server:
+        c = login(server)
+        big = MSG + (b"x" * 998 + b"\r\n") * 6300
+        assert c.append("INBOX", None, None, big)[0] == "OK"
+        c.select("INBOX")
+        assert c.fetch("1", "RFC822.SIZE")[1][0] == f"1 (RFC822.SIZE {len(big)})".encode()
+        with pytest.raises(imaplib.IMAP4.error, match="TOOBIG"):
+            c.append("INBOX", None, None, big + big)
+        assert c.noop()[0] == "OK"
+        c.logout()
+
+
+def test_connection_limit_per_client(imap_config):
+    with IMAPThread(imap_config(max_connections_per_client=1)) as server:
+        first = raw(server)
+        second = socket.create_connection(server.plain, timeout=10)
+        assert second.recv(4096).startswith(b"* BYE [UNAVAILABLE]")
+        second.close()
+        assert b"a OK" in exchange(first, b"a NOOP\r\n", b"a ")
+        first.close()
+
+
+def test_autologout_after_the_idle_timeout_rfc3501_5_4(imap_config):
+    config = imap_config()
+    config.imap.idle_timeout = 1  # the schema refuses less than RFC 3501's 30 minutes; shortened for the test
+    with IMAPThread(config) as server:
+        sock = raw(server)
+        started = time.monotonic()
+        out = exchange(sock, b"", b"BYE")
+        assert b"* BYE Autologout" in out and 0.9 <= time.monotonic() - started < 5
+        sock.close()
