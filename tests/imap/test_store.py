@@ -467,3 +467,18 @@ def test_unchanged_settled_folder_skips_the_scan(store: Store, monkeypatch) -> N
     monkeypatch.undo()
     deliver(store.root)
     assert len(inbox.sync()[0]) == 2
+
+
+def test_changed_is_false_until_someone_changes_the_folder(store: Store) -> None:
+    """Folder.changed(): the session's cheap check before a command (inotify generations)."""
+    inbox = store.open("INBOX")
+    inbox.sync()
+    inbox.sync()  # the first sync's own moves count as changes; the second settles
+    assert not inbox.changed()
+    deliver(store.root)
+    assert inbox.changed()
+    inbox.sync()
+    other = Store(store.root).open("INBOX")
+    other.sync()
+    other.store_flags([1], ["\\Seen"], "add")
+    assert inbox.changed()
