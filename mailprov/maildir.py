@@ -223,30 +223,8 @@ def deliver_file(box: Path, data: bytes, host: str, *, subdir: str = "new", flag
     name = unique_name(host, len(data), crlf_size(data, final=False))
     final_name = with_flags(name, flags) if subdir == "cur" else name
     tmp, final = box / "tmp" / name, box / subdir / final_name
-    if mtime is None:
-        durable_create(tmp, final, data)
-    else:
-        _create_dated(tmp, final, data, mtime)
+    durable_create(tmp, final, data, mtime=mtime)
     return final
-
-
-def _create_dated(tmp: Path, final: Path, data: bytes, mtime: float) -> None:
-    """:func:`durable_create` with the file's mtime set (IMAP APPEND's date) before the rename."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def scan(box: Path) -> dict[str, tuple[str, str]]:

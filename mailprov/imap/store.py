@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from mailprov import maildir as md
-from mailprov.atomic import atomic_write, fsync_dir
+from mailprov.atomic import atomic_write, durable_create, fsync_dir
 from mailprov.imap import mutf7, watch
 
 UIDLIST = "dovecot-uidlist"
@@ -867,7 +867,7 @@ class Folder:
         data = source.read_bytes()
         mtime = os.stat(source).st_mtime
         tmp = dest.dir / "tmp" / md.base_name(name)
-        md._create_dated(tmp, dest.dir / "cur" / name, data, mtime)
+        durable_create(tmp, dest.dir / "cur" / name, data, mtime=mtime)
 
     def copy(self, uids: Iterable[int], dest: Folder) -> list[tuple[int, int]]:
         """COPY: (source UID, destination UID) pairs for COPYUID (RFC 4315); flags and internal date kept
