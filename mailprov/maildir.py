@@ -104,6 +104,17 @@ def size_hints(name: str) -> tuple[int | None, int | None]:
     return sizes.get("S"), sizes.get("W")
 
 
+def crlf_hint(name: str) -> int | None:
+    """The ``,W=`` hint alone (:func:`size_hints` without the regular expression: it runs per message
+    on every folder open)."""
+    base = name.partition(":")[0]
+    at = base.rfind(",W=")
+    if at < 0:
+        return None
+    digits = base[at + 3 :].partition(",")[0]
+    return int(digits) if digits.isdigit() and len(digits) <= 15 else None
+
+
 def order_key(name: str) -> list[str | int]:
     """Sort key for delivery order: digit runs compare as numbers, so ``T.M99P1`` comes before
     ``T.M100P1`` (MDAs write microseconds and counters without zero padding)."""
@@ -212,30 +223,8 @@ def deliver_file(box: Path, data: bytes, host: str, *, subdir: str = "new", flag
     name = unique_name(host, len(data), crlf_size(data, final=False))
     final_name = with_flags(name, flags) if subdir == "cur" else name
     tmp, final = box / "tmp" / name, box / subdir / final_name
-    if mtime is None:
-        durable_create(tmp, final, data)
-    else:
-        _create_dated(tmp, final, data, mtime)
+    durable_create(tmp, final, data, mtime=mtime)
     return final
-
-
-def _create_dated(tmp: Path, final: Path, data: bytes, mtime: float) -> None:
-    """:func:`durable_create` with the file's mtime set (IMAP APPEND's date) before the rename."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def scan(box: Path) -> dict[str, tuple[str, str]]:
@@ -268,12 +257,15 @@ class Keywords:
         self.path = folder / KEYWORDS_FILE
         self._stamp: tuple[int, int] | None = None
         self.names: dict[int, str] = {}
+        self.version = 0  # bumped whenever the map is read again
 
     def load(self) -> dict[int, str]:
         """The current ``{index: keyword}`` map (re-read when the file changed)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            if self.names or self._stamp is not None:
+                self.version += 1
             self._stamp, self.names = None, {}
             return self.names
         stamp = (st.st_mtime_ns, st.st_ino)
@@ -285,6 +277,7 @@ class Keywords:
                     if index.isdigit() and int(index) < len(KEYWORD_LETTERS) and keyword:
                         names[int(index)] = keyword
             self._stamp, self.names = stamp, names
+            self.version += 1
         return self.names
 
     def flags_of(self, letters: str) -> set[str]:

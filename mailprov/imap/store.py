@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from mailprov import maildir as md
-from mailprov.atomic import atomic_write, fsync_dir
+from mailprov.atomic import atomic_write, durable_create, fsync_dir
 from mailprov.imap import mutf7, watch
 
 UIDLIST = "dovecot-uidlist"
@@ -50,6 +50,10 @@ DELIMITER = "."
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"}
 _TRASHED = "mailprov-trashed."  # prefix of a deleted folder's directory while it is removed
 POLL_INTERVAL = 0.25  # seconds between checks when inotify is unavailable
+# A sync skips the directory scan when new/, cur/ and the lists are unchanged since the last one and
+# were last modified this many seconds ago: a change within the same timestamp tick would not show in
+# the modification time (Dovecot keeps the same safety margin).
+SETTLED = 2.0
 _VALIDITY_MARK = re.compile(r"^dovecot-uidvalidity\.([0-9a-f]{8})$")
 
 
@@ -276,7 +280,8 @@ class Store:
 
     def create(self, name: str) -> None:
         """CREATE (RFC 3501 6.3.3): the folder and any missing superior levels."""
-        name = _normal(name.rstrip(DELIMITER)) if name.endswith(DELIMITER) and name != DELIMITER else _normal(name)
+        # A trailing delimiter only says the client means to create names below it (RFC 3501 6.3.3).
+        name = _normal(name[:-1] if name.endswith(DELIMITER) else name)
         check_name(name)
         if self._dir(name) is not None:
             raise StoreError("ALREADYEXISTS", f"{name} already exists")
@@ -451,13 +456,17 @@ class Folder:
         self.store = store
         self.name = name
         self.dir = path
-        self._dir_str = os.fspath(path)
         self.uidvalidity = 0
         self.uidnext = 1
         self._keywords = md.Keywords(path)
+        self._keywords_seen = -1
+        self._flagsets: dict[str, frozenset[str]] = {}  # flag letters -> IMAP flags, for this keyword map
+        self._dirname = os.fspath(path)
         self._msgs: dict[int, _Msg] = {}
         self._by_base: dict[str, int] = {}
         self._stamp: tuple[int, ...] = ()
+        self._synced_stamp: tuple[int, ...] = ()
+        self._synced_infos: list[MessageInfo] = []
         self._closed = False
         md.ensure_maildir(path)
         self._watcher = watch.watcher()
@@ -470,7 +479,8 @@ class Folder:
                 for wd in self._wds:
                     self._watcher.remove(wd)
                 self._wds = ()
-        listed = self._read()
+        self._peeked: tuple[tuple[int, ...], UidList | None] = ((), None)
+        listed = self._peek()
         if listed is None:
             listed = self._with_lock(lambda ul: ul)  # creates it with a new UIDVALIDITY
         self.uidvalidity, self.uidnext = listed.uidvalidity, listed.next_uid
@@ -478,10 +488,24 @@ class Folder:
     # uidlist ------------------------------------------------------------------------------------------
 
     def _read(self) -> UidList | None:
+        """The uidlist as it is on disk now (under the lock: the caller may change what it returns)."""
         try:
             return parse_uidlist((self.dir / UIDLIST).read_bytes())
         except FileNotFoundError:
             return None
+
+    def _peek(self) -> UidList | None:
+        """The uidlist for reading only: parsed again only when the file changed (size, mtime, inode:
+        Dovecot appends in place, everyone else replaces it by rename)."""
+        try:
+            with open(self.dir / UIDLIST, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+                if stamp != self._peeked[0]:
+                    self._peeked = (stamp, parse_uidlist(handle.read()))
+        except FileNotFoundError:
+            self._peeked = ((), None)
+        return self._peeked[1]
 
     def _with_lock(self, change: Callable[[UidList], UidList | None]) -> UidList:
         """Run ``change`` on the current uidlist under its lock; write what it returns (unless None)."""
@@ -531,19 +555,27 @@ class Folder:
         # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
         if self._wds:
             self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
-        else:
-            self._stamp = self._dir_stamp()
+        stamp = self._stamp = self._dir_stamp()
+        if stamp == self._synced_stamp and time.time() - max(stamp[0::2]) / 1e9 > SETTLED:
+            return list(self._synced_infos), set()  # nothing in new/, cur/ or the lists changed
         moved = self._move_new()
         found = md.scan(self.dir)
-        listed = self._read()
+        listed = self._peek()
         if listed is None or listed.uidvalidity != self.uidvalidity or self._needs_update(listed, found):
             listed = self._assign_all()
             found = self._found
         self.uidvalidity, self.uidnext = listed.uidvalidity, listed.next_uid
         self._apply(listed, found)
+        self._keywords.load()
+        if self._keywords.version != self._keywords_seen:  # keyword letters may mean other names now
+            self._keywords_seen = self._keywords.version
+            self._flagsets.clear()
+            for msg in self._msgs.values():
+                msg.info = None
         infos = [self._info(m) for m in self._msgs.values()]
         recent = {self._by_base[b] for b in moved if b in self._by_base}
-        return infos, recent
+        self._synced_stamp, self._synced_infos = stamp, infos
+        return list(infos), recent
 
     def _needs_update(self, listed: UidList, found: dict[str, tuple[str, str]]) -> bool:
         if len(found) != len(listed.entries):
@@ -608,8 +640,8 @@ class Folder:
                     old.name, old.subdir, old.info = name, subdir, None
                 msgs[uid] = old
                 continue
-            size = md.size_hints(name)[1]
-            if size is None:
+            size = md.crlf_hint(name)
+            if size is None and ext:
                 hinted = ext_field(ext, "W")
                 size = int(hinted) if hinted and hinted.isdigit() else None
             msgs[uid] = _Msg(uid, base, subdir, name, size, None)
@@ -619,19 +651,22 @@ class Folder:
     def _info(self, msg: _Msg) -> MessageInfo:
         if msg.info is not None:
             return msg.info
-        path = os.path.join(self._dir_str, msg.subdir, msg.name)  # a string: 10,000 of these per SELECT
-        if msg.mtime is None:
+        for _ in range(3):
+            path = f"{self._dirname}/{msg.subdir}/{msg.name}"  # a string: 10,000 of these per SELECT
             try:
-                msg.mtime = os.stat(path).st_mtime
+                if msg.mtime is None:
+                    msg.mtime = os.stat(path).st_mtime
+                if msg.size is None:
+                    msg.size = md.file_crlf_size(path, final=False)
+                break
             except FileNotFoundError:
-                msg.mtime = 0.0
-        if msg.size is None:
-            try:
-                msg.size = md.file_crlf_size(path, final=False)
-            except FileNotFoundError:
-                msg.size = 0
+                if not self._relocate(msg):
+                    break  # expunged meanwhile: the next sync drops it
         letters = md.split_name(msg.name)[1] or ""
-        msg.info = MessageInfo(msg.uid, msg.base, frozenset(self._keywords.flags_of(letters)), msg.size, msg.mtime)
+        flags = self._flagsets.get(letters)
+        if flags is None:
+            flags = self._flagsets[letters] = frozenset(self._keywords.flags_of(letters))
+        msg.info = MessageInfo(msg.uid, msg.base, flags, msg.size or 0, msg.mtime or 0.0)
         return msg.info
 
     # messages -----------------------------------------------------------------------------------------
@@ -663,7 +698,7 @@ class Folder:
         for _ in range(3):
             try:
                 # Unbuffered, on a string path: FETCH BODY[] of many messages spends its time here.
-                with open(os.path.join(self._dir_str, msg.subdir, msg.name), "rb", buffering=0) as handle:
+                with open(f"{self._dirname}/{msg.subdir}/{msg.name}", "rb", buffering=0) as handle:
                     return md.to_crlf(handle.readall())
             except FileNotFoundError:
                 if not self._relocate(msg):
@@ -764,6 +799,8 @@ class Folder:
         try:
             final = md.deliver_file(self.dir, data, self.store.host, subdir="cur", flags=letters, mtime=internaldate)
             fsync_dir(self.dir / "cur")
+        except FileNotFoundError:
+            raise StoreError("NONEXISTENT", f"{self.name} was deleted") from None
         except OSError as exc:
             raise _os_error(exc, f"cannot append to {self.name}") from exc
         base = md.base_name(final.name)
@@ -830,7 +867,7 @@ class Folder:
         data = source.read_bytes()
         mtime = os.stat(source).st_mtime
         tmp = dest.dir / "tmp" / md.base_name(name)
-        md._create_dated(tmp, dest.dir / "cur" / name, data, mtime)
+        durable_create(tmp, dest.dir / "cur" / name, data, mtime=mtime)
 
     def copy(self, uids: Iterable[int], dest: Folder) -> list[tuple[int, int]]:
         """COPY: (source UID, destination UID) pairs for COPYUID (RFC 4315); flags and internal date kept

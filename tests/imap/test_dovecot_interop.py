@@ -14,7 +14,9 @@ import imaplib
 import json
 import re
 import shutil
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,21 +30,29 @@ from tests.conftest import require_programs
 from tests.peers.dovecot import MAIL_USER, DovecotIMAP
 
 HOST = "127.0.12.10"
-PORT = 14310
 PASSWORD = "interop-pw"
 USERS = ("john@example.test", "mary@example.test", "live@example.test")
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dovecot(tmp_path_factory):
+def dovecot():
     require_programs("dovecot", "doveadm")
     if not Path("/usr/lib/dovecot/imap").exists():
         pytest.fail("Dovecot's IMAP server is missing: install the Debian package dovecot-imapd (./dev test does)")
-    server = DovecotIMAP(tmp_path_factory.mktemp("dovecot-imap"), HOST, PORT, {u: PASSWORD for u in USERS})
-    server.start()
-    yield server
-    server.stop()
+    # Not under pytest's base directory: every pytest run on the machine resets that to mode 0700, which
+    # would lock Dovecot's mail processes (user mail) out in the middle of the tests.
+    root = Path(tempfile.mkdtemp(prefix="mailprov-dovecot-imap-"))
+    with socket.socket() as probe:  # a free port: a Dovecot stopped just before may still hold the last one
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    server = DovecotIMAP(root, HOST, port, {u: PASSWORD for u in USERS})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def login(server: DovecotIMAP, user: str) -> imaplib.IMAP4:

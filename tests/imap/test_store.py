@@ -450,3 +450,35 @@ def test_delivery_racing_copy_and_expunge(store: Store) -> None:
     assert set(delivered) <= remaining | expunged
     trash_msgs, _ = trash.sync()
     assert len({m.uid for m in trash_msgs}) == len(trash_msgs) == 5 * copied
+
+
+def test_unchanged_settled_folder_skips_the_scan(store: Store, monkeypatch) -> None:
+    """An idle folder's sync answers from memory; a change (even within the same timestamp tick, which
+    the SETTLED window covers) is still seen at the next sync."""
+    deliver(store.root)
+    inbox = store.open("INBOX")
+    first, _ = inbox.sync()
+    old = time.time() - 60
+    for part in ("new", "cur", UIDLIST):
+        os.utime(store.root / part, (old, old))
+    inbox.sync()  # records the settled stamp
+    monkeypatch.setattr(md, "scan", lambda box: pytest.fail("scanned a settled folder"))
+    assert inbox.sync()[0] == first
+    monkeypatch.undo()
+    deliver(store.root)
+    assert len(inbox.sync()[0]) == 2
+
+
+def test_changed_is_false_until_someone_changes_the_folder(store: Store) -> None:
+    """Folder.changed(): the session's cheap check before a command (inotify generations)."""
+    inbox = store.open("INBOX")
+    inbox.sync()
+    inbox.sync()  # the first sync's own moves count as changes; the second settles
+    assert not inbox.changed()
+    deliver(store.root)
+    assert inbox.changed()
+    inbox.sync()
+    other = Store(store.root).open("INBOX")
+    other.sync()
+    other.store_flags([1], ["\\Seen"], "add")
+    assert inbox.changed()

@@ -20,20 +20,20 @@ import time
 from pathlib import Path
 
 MAIL_USER = "mail"
-CONFIG = """\
+# What both protocols share; {{protocol}} is pop3 or imap.
+_COMMON = """\
 base_dir = {root}/run
 state_dir = {root}/state
-instance_name = mailprov-test-{port}
+instance_name = mailprov-test-{{protocol}}-{port}
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = pop3
+protocols = {{protocol}}
 listen = {host}
 ssl = no
 disable_plaintext_auth = no
 first_valid_uid = 1
 auth_mechanisms = plain
 mail_location = maildir:{root}/mail/%d/%n
-pop3_uidl_format = %f
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
@@ -42,12 +42,12 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root}/home/%d/%n
 }}
-service pop3-login {{
-  inet_listener pop3 {{
+service {{protocol}}-login {{
+  inet_listener {{protocol}} {{
     address = {host}
     port = {port}
   }}
-  inet_listener pop3s {{
+  inet_listener {{protocol}}s {{
     port = 0
   }}
   process_min_avail = 1
@@ -56,30 +56,13 @@ service anvil {{
   chroot =
 }}
 """
+CONFIG = _COMMON.replace("{{protocol}}", "pop3") + "pop3_uidl_format = %f\n"
 
 # IMAP on the Maildir++ layout mailprov's IMAP store writes (mailprov/imap/store.py): '.' separator, no
 # prefix, INBOX the root Maildir, the four special-use folders marked as mailprov marks them.
-IMAP_CONFIG = """\
-base_dir = {root}/run
-state_dir = {root}/state
-instance_name = mailprov-test-imap-{port}
-log_path = {root}/dovecot.log
-info_log_path = {root}/dovecot.log
-protocols = imap
-listen = {host}
-ssl = no
-disable_plaintext_auth = no
-first_valid_uid = 1
-auth_mechanisms = plain
-mail_location = maildir:{root}/mail/%d/%n
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={root}/home/%d/%n
-}}
+IMAP_CONFIG = (
+    _COMMON.replace("{{protocol}}", "imap")
+    + """\
 namespace inbox {{
   inbox = yes
   separator = .
@@ -97,20 +80,8 @@ namespace inbox {{
     special_use = \\Junk
   }}
 }}
-service imap-login {{
-  inet_listener imap {{
-    address = {host}
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  process_min_avail = 1
-}}
-service anvil {{
-  chroot =
-}}
 """
+)
 
 
 class DovecotPOP3:
