@@ -374,7 +374,7 @@ class Connection(asyncio.Protocol):
         elif isinstance(action, Authenticate):
             await self._login(action)
         elif isinstance(action, StartTLS):
-            await self._start_tls()
+            await self._start_tls(action.reply)
         elif isinstance(action, Idle):
             await self._idle(action.tag)
 
@@ -412,10 +412,11 @@ class Connection(asyncio.Protocol):
             return
         log.info("login %s from %s (%s)", action.user, self.client, self._tls_name())
 
-    async def _start_tls(self) -> None:
+    async def _start_tls(self, reply: bytes) -> None:
         assert self.transport is not None and self.session is not None and self.server.ssl_context is not None
         self.transport.pause_reading()
         self.reader.buffer.clear()  # nothing pipelined after STARTTLS may act inside TLS
+        self.write(reply)  # only now: the client's ClientHello may follow at once
         try:
             transport = await self.loop.start_tls(
                 self.transport, self, self.server.ssl_context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
@@ -428,7 +429,6 @@ class Connection(asyncio.Protocol):
             self._closed = True
             return
         self.transport = transport
-        self.reader.buffer.clear()
         self.session.tls_started()
 
     async def _idle(self, tag: str) -> None:

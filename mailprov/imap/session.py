@@ -76,7 +76,10 @@ class AuthContinue:
 
 @dataclass(frozen=True)
 class StartTLS:
-    """Start the TLS handshake now (the OK is written); discard anything pipelined after STARTTLS."""
+    """Stop reading, discard anything pipelined after STARTTLS, write :attr:`reply`, start the handshake
+    (in that order: the client's handshake may follow the reply at once and must not be discarded)."""
+
+    reply: bytes
 
 
 @dataclass(frozen=True)
@@ -330,8 +333,7 @@ class Session:
         expect(cmd.args, 0)
         if self.secure or not self.tls_available:
             raise No("TLS is already active" if self.secure else "TLS is not available here")
-        out.write(f"{cmd.tag} OK Begin TLS negotiation now\r\n".encode())
-        return StartTLS()
+        return StartTLS(f"{cmd.tag} OK Begin TLS negotiation now\r\n".encode())
 
     def tls_started(self) -> None:
         """The handshake succeeded: the session is secure (the client asks CAPABILITY again)."""

@@ -233,3 +233,17 @@ def test_autologout_after_the_idle_timeout_rfc3501_5_4(imap_config):
         out = exchange(sock, b"", b"BYE")
         assert b"* BYE Autologout" in out and 0.9 <= time.monotonic() - started < 5
         sock.close()
+
+
+def test_commands_pipelined_after_starttls_are_discarded_rfc3501_6_2_1(imap_config):
+    """A command sent in plaintext behind STARTTLS must not run inside the TLS session (CVE-2011-0411
+    class); the handshake that follows the OK at once must still succeed."""
+    with IMAPThread(imap_config(trusted=True)) as server:
+        sock = raw(server)
+        out = exchange(sock, b'a STARTTLS\r\nb LOGIN john@example.test "' + PASSWORD.encode() + b'"\r\n', b"a OK")
+        assert b"a OK" in out and b"b " not in out
+        tls = client_tls_context(server.config).wrap_socket(sock, server_hostname="mail.example.test")
+        out = exchange(tls, b"c CAPABILITY\r\n", b"c OK")
+        assert b"b OK" not in out and b"b NO" not in out and b"c OK" in out
+        assert b"AUTH=PLAIN" in out  # still not authenticated: the pipelined LOGIN never ran
+        tls.close()
