@@ -33,6 +33,7 @@ from mailprov.imap.parser import (
     astring,
     astring_out,
     expect,
+    format_date_time,
     parse_date_time,
     parse_flags,
     parse_sequence_set,
@@ -700,6 +701,10 @@ class Session:
                     sel.infos[info.uid] = info
                 if not any(i.name == "FLAGS" for i in items):
                     items = [*items, fetch.Item("FLAGS")]
+        if not any(i.needs_message for i in items):
+            self._fetch_meta(targets, items, out)
+            self._ok(cmd, out)
+            return
         missing = False
         folder = sel.folder
         buffer: list[bytes] = []
@@ -732,6 +737,37 @@ class Session:
         if missing:
             raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
         self._ok(cmd, out)
+
+    def _fetch_meta(self, targets: list[int], items: list[fetch.Item], out: Output) -> None:
+        """FETCH of FLAGS, UID, RFC822.SIZE and INTERNALDATE only (what clients ask of every message
+        when they open a folder): no message is read, flag lists are rendered once per distinct set."""
+        sel = self._sel()
+        names = [i.name for i in items]
+        rendered: dict[tuple[frozenset[str], bool], bytes] = {}
+        buffer: list[bytes] = []
+        index = sel.index
+        for target in targets:
+            info = sel.infos[target]
+            fields = []
+            for name in names:
+                if name == "FLAGS":
+                    key = (info.flags, target in sel.recent)
+                    flags = rendered.get(key)
+                    if flags is None:
+                        flags = rendered[key] = b"FLAGS " + fetch.flags_list(sel.flags(target))
+                    fields.append(flags)
+                elif name == "UID":
+                    fields.append(b"UID %d" % target)
+                elif name == "RFC822.SIZE":
+                    fields.append(b"RFC822.SIZE %d" % info.size)
+                else:
+                    fields.append(b'INTERNALDATE "%s"' % format_date_time(info.internaldate).encode())
+            buffer.append(b"* %d FETCH (%s)\r\n" % (index[target] + 1, b" ".join(fields)))
+            if len(buffer) >= 4096:
+                out.write(b"".join(buffer))
+                buffer.clear()
+        if buffer:
+            out.write(b"".join(buffer))
 
     def _cmd_uid_fetch(self, cmd: Command, out: Output) -> None:
         self._cmd_fetch(cmd, out, uid=True)

@@ -204,3 +204,33 @@ def test_search_unknown_charset_and_bad_keys():
     for bad in (b"FROOM x", b"OR SEEN", b"LARGER x", b"SINCE 31-Foo-2020"):
         with pytest.raises(ParseError):
             parse_search(cmd(b"a SEARCH " + bad + b"\r\n").args)
+
+
+def test_metadata_fetch_fast_path_renders_like_the_general_one(tmp_path):
+    """FETCH of FLAGS/UID/RFC822.SIZE/INTERNALDATE skips reading messages; its lines equal fetch.render's."""
+    from mailprov.imap.session import Session
+    from mailprov.imap.store import Store
+
+    store = Store(tmp_path / "m", host="test")
+    folder = store.open("INBOX")
+    folder.append(b"Subject: a\r\n\r\nx\r\n", ["\\Seen", "$Work"], 1700000000.0)
+    folder.append(b"Subject: b\r\n\r\ny\r\n", [], 1700000100.0)
+    folder.close()
+    session = Session(hostname="h", secure=True, tls_available=False, plaintext_ok=False, append_limit=100, open_store=lambda _u: store)
+    session.state, session.store = "auth", store
+
+    class Out(list):
+        def write(self, data: bytes) -> None:
+            self.append(data)
+
+    session.execute(cmd(b"a SELECT INBOX\r\n"), Out())
+    out = Out()
+    session.execute(cmd(b"b UID FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)\r\n"), out)
+    sel = session.selected
+    items = fetch.parse_items(cmd(b"b FETCH 1 (FLAGS UID RFC822.SIZE INTERNALDATE)\r\n").args[1], uid=True)
+    expected = b"".join(
+        fetch.render(i + 1, u, items, flags=sel.flags(u), size=sel.infos[u].size, internaldate=sel.infos[u].internaldate, message=bytes)
+        for i, u in enumerate(sel.uids)
+    )
+    assert b"".join(out[:-1]) == expected
+    assert b"FLAGS (\\Seen $Work)" in expected and b'INTERNALDATE "14-Nov-2023 22:13:20 +0000"' in expected
