@@ -1,0 +1,45 @@
+"""The service object of a listening server (POP3, IMAP): the contract :mod:`mailprov.service` runs.
+
+A subclass names itself and its server class; the server binds in ``start(serving=...)`` and accepts
+clients in ``start_serving()``, so ``mailprov serve`` can bind as root and serve only after the
+privilege drop (``begin()``).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, ClassVar
+
+from mailprov.config import Config
+from mailprov.users import UserDB
+
+
+class ListenerService:
+    """A server as a service: ``start()`` binds its listeners; ``begin()`` serves after the drop."""
+
+    name: ClassVar[str]
+    server_class: ClassVar[Any]
+
+    def __init__(
+        self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None, serve_after_drop: bool = False
+    ) -> None:
+        self.config = config
+        self.server = self.server_class(config, users=users, ssl_context=ssl_context)
+        self.serve_after_drop = serve_after_drop
+
+    @property
+    def sockets(self) -> list[tuple[str, int]]:
+        """The bound (address, port) pairs."""
+        return self.server.sockets  # type: ignore[no-any-return]
+
+    async def start(self) -> None:
+        """Bind the listeners; start serving now, or in :meth:`begin` when ``serve_after_drop``."""
+        await self.server.start(serving=not self.serve_after_drop)
+
+    async def begin(self) -> None:
+        """Called by ``mailprov serve`` once privileges are dropped: begin accepting clients."""
+        await self.server.start_serving()
+
+    async def stop(self) -> None:
+        """Close the listeners and the sessions (each server documents what finishes first)."""
+        await self.server.stop()
