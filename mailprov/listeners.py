@@ -7,11 +7,53 @@ privilege drop (``begin()``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from mailprov.config import Config
+from mailprov.config import Config, parse_hostport
 from mailprov.users import UserDB
+
+HANDSHAKE_TIMEOUT = 30.0  # seconds for an implicit-TLS handshake
+
+
+async def bind(
+    section: str,
+    addresses: dict[str, list[str]],
+    factory: Callable[[bool], asyncio.Protocol],
+    ssl_context: ssl.SSLContext | None,
+    *,
+    serving: bool,
+    log: logging.Logger,
+    upgrade: str,
+) -> list[asyncio.base_events.Server]:
+    """Bind ``addresses["listen"]`` (plain, ``upgrade`` offered: STLS, STARTTLS) and
+    ``addresses["tls_listen"]`` (implicit TLS); ``factory(implicit_tls)`` makes a connection. Raises
+    OSError when one cannot be bound, after closing those already bound."""
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.base_events.Server] = []
+    try:
+        for key, implicit in (("listen", False), ("tls_listen", True)):
+            for i, value in enumerate(addresses[key]):
+                host, port = parse_hostport(value, key=f"{section}.{key}[{i}]")
+                server = await loop.create_server(
+                    lambda implicit=implicit: factory(implicit),
+                    host.strip("[]"),
+                    port,
+                    ssl=ssl_context if implicit else None,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
+                    reuse_address=True,
+                    start_serving=serving,
+                )
+                servers.append(server)
+                log.info("listening on %s (%s)", value, "implicit TLS" if implicit else upgrade)
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers
 
 
 class ListenerService:

@@ -34,12 +34,13 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from mailprov.config import Config, parse_hostport
+from mailprov.config import Config
 from mailprov.errors import MailprovError
 from mailprov.imap.parser import CommandReader, Complete, Continue, ParseError, TooBig, parse_command
 from mailprov.imap.session import Action, AuthContinue, Authenticate, Close, Idle, Session, StartTLS
 from mailprov.imap.store import Store, StoreError
 from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
+from mailprov.listeners import HANDSHAKE_TIMEOUT, bind
 from mailprov.maildir import maildir_path
 from mailprov.users import UserDB
 
@@ -47,7 +48,6 @@ log = logging.getLogger("mailprov.imap")
 
 VERIFY_SLOTS = 4  # concurrent argon2id checks
 WORKERS = 16  # threads running commands (file I/O) for all sessions
-HANDSHAKE_TIMEOUT = 30.0
 MAX_ERRORS = 10  # protocol errors in a row before the session is closed
 MAX_PIPELINED = 1024 * 1024  # input buffered while a command runs before reading pauses
 
@@ -77,27 +77,22 @@ class IMAPServer:
     async def start(self, *, serving: bool = True) -> None:
         """Bind every configured address (OSError if one cannot be); with ``serving=False`` nothing is
         accepted until :meth:`start_serving` (called after the privilege drop)."""
-        loop = asyncio.get_running_loop()
         self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         if self.ssl_context is None:
             from mailprov.tls import server_context
 
             self.ssl_context = server_context(self.config)
+        section = self.config.imap
         try:
-            for key, implicit in (("listen", False), ("tls_listen", True)):
-                for i, value in enumerate(getattr(self.config.imap, key)):
-                    host, port = parse_hostport(value, key=f"imap.{key}[{i}]")
-                    server = await loop.create_server(
-                        lambda implicit=implicit: Connection(self, implicit_tls=implicit),
-                        host.strip("[]"),
-                        port,
-                        ssl=self.ssl_context if implicit else None,
-                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-                        reuse_address=True,
-                        start_serving=serving,
-                    )
-                    self._servers.append(server)
-                    log.info("listening on %s (%s)", value, "implicit TLS" if implicit else "STARTTLS")
+            self._servers = await bind(
+                "imap",
+                {"listen": section.listen, "tls_listen": section.tls_listen},
+                lambda implicit: Connection(self, implicit_tls=implicit),
+                self.ssl_context,
+                serving=serving,
+                log=log,
+                upgrade="STARTTLS",
+            )
         except BaseException:
             await self.stop()
             raise
