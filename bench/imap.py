@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.pop3_retrieve import deliver  # noqa: E402  # the same MDA-like delivery as the POP3 benchmark
 from mailprov.config import from_dict  # noqa: E402
 from mailprov.users import hash_password  # noqa: E402
 from tests.peers.dovecot import DovecotIMAP  # noqa: E402
@@ -87,27 +88,6 @@ class Client:
         with contextlib.suppress(OSError, RuntimeError, ConnectionError):
             self.command("LOGOUT")
         self.sock.close()
-
-
-def make_message(number: int, size: int) -> bytes:
-    """A message of exactly ``size`` bytes with LF line endings, as an MDA stores it."""
-    head = f"From: alex@alpha.test\nTo: john@beta.test\nSubject: bench {number}\nMessage-ID: <{number}.bench@alpha.test>\n\n"
-    data = head.encode()
-    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n"
-    while len(data) < size:
-        data += line
-    return data[: size - 1] + b"\n"
-
-
-def deliver(maildir: Path, count: int, size: int, tag: str) -> None:
-    """``count`` messages into new/ (tmp then rename, as the MDA; no fsync: this is not about disks)."""
-    for sub in ("tmp", "new", "cur"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-    stamp = int(time.time())
-    for i in range(count):
-        name = f"{stamp}.M{i}P{os.getpid()}Q{tag}.bench"
-        (maildir / "tmp" / name).write_bytes(make_message(i, size))
-        os.rename(maildir / "tmp" / name, maildir / "new" / name)
 
 
 def tree_rss(root_pid: int) -> int:

@@ -39,7 +39,7 @@ from mailprov.errors import MailprovError
 from mailprov.imap.parser import CommandReader, Complete, Continue, ParseError, TooBig, parse_command
 from mailprov.imap.session import Action, AuthContinue, Authenticate, Close, Idle, Session, StartTLS
 from mailprov.imap.store import Store, StoreError
-from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
 from mailprov.maildir import maildir_path
 from mailprov.users import UserDB
 
@@ -126,13 +126,7 @@ class IMAPServer:
 
     def plaintext_ok(self, client: str) -> bool:
         """Whether ``client`` is in ``imap.plaintext_networks``."""
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return client_in(client, self.trusted)
 
     async def verify(self, user: str, password: str) -> bool:
         """Check a password in a worker thread, a bounded number at a time."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -146,6 +147,32 @@ def list_matches(regex: re.Pattern[str], name: str) -> bool:
     return bool(regex.match(name))
 
 
+class UidIndex:
+    """A read-only mapping uid -> position over an ascending UID list, by binary search."""
+
+    __slots__ = ("uids",)
+
+    def __init__(self, uids: list[int]) -> None:
+        self.uids = uids
+
+    def get(self, uid: int) -> int | None:
+        """The position of ``uid``, or None."""
+        i = bisect.bisect_left(self.uids, uid)
+        return i if i < len(self.uids) and self.uids[i] == uid else None
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self.get(uid) is not None
+
+    def __getitem__(self, uid: int) -> int:
+        i = self.get(uid)
+        if i is None:
+            raise KeyError(uid)
+        return i
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.uids)
+
+
 @dataclass
 class Selected:
     """The selected folder and this session's view of it."""
@@ -155,11 +182,14 @@ class Selected:
     uids: list[int] = field(default_factory=list)
     infos: dict[int, MessageInfo] = field(default_factory=dict)
     recent: set[int] = field(default_factory=set)
-    index: dict[int, int] = field(default_factory=dict)  # uid -> sequence number - 1
+
+    @property
+    def index(self) -> UidIndex:
+        """UID to sequence number - 1 (a view on ``uids``, which stays sorted: no second copy per session)."""
+        return UidIndex(self.uids)
 
     def reindex(self) -> None:
-        """Rebuild the UID to sequence number map."""
-        self.index = {uid: i for i, uid in enumerate(self.uids)}
+        """Kept for call sites that changed ``uids``: the index is a view, nothing to rebuild."""
 
     def flags(self, uid: int) -> list[str]:
         """The flags to report for a message (\\Recent included)."""
@@ -820,7 +850,6 @@ class Session:
         if added:
             for info in added:
                 sel.infos[info.uid] = info
-                sel.index[info.uid] = len(sel.uids)
                 sel.uids.append(info.uid)
             lines.append(f"* {len(sel.uids)} EXISTS\r\n* {len(sel.recent)} RECENT\r\n".encode())
         if lines:

@@ -35,7 +35,7 @@ from typing import Any
 
 from mailprov.config import Config, parse_hostport
 from mailprov.errors import MailprovError
-from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
 from mailprov.maildir import maildir_path
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
@@ -130,13 +130,7 @@ class POP3Server:
 
     def plaintext_ok(self, client: str) -> bool:
         """Whether ``client`` is in ``pop3.plaintext_networks``."""
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return client_in(client, self.trusted)
 
     async def verify(self, user: str, password: str) -> bool:
         """Check a password in a worker thread, a bounded number at a time."""

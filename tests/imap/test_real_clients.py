@@ -124,3 +124,29 @@ def test_fetchmail_retrieves_over_imap(imap_server, tmp_path):
     run(["fetchmail", "-f", str(rc), "--nosyslog", "-d0", "--pidfile", str(tmp_path / "pid")], tmp_path)
     got = sorted(p.read_bytes() for p in out.iterdir())
     assert len(got) == 2 and all(b"body of fm-" in g for g in got)
+
+
+def test_mutt_saves_every_message_to_a_new_folder(imap_server, tmp_path):
+    """mutt, driven by keystrokes it pushes to itself (under script(1) for a terminal): tag all in the
+    INBOX, save them to =Archive (created on the fly), quit purging: the server ends with them moved."""
+    require_programs("mutt", "script")
+    host, port = imap_server.plain
+    append(imap_server, "mutt-one", "mutt-two")
+    rc = tmp_path / "muttrc"
+    rc.write_text(
+        f'set imap_user="john@example.test"\nset imap_pass="{PASSWORD}"\nset ssl_starttls=no\nset ssl_force_tls=no\n'
+        f'set folder="imap://{host}:{port}/"\nset spoolfile="+INBOX"\nset record=""\nset confirmcreate=no\n'
+        "set confirmappend=no\nset delete=yes\nset move=no\nset mbox_type=Maildir\nset imap_keepalive=30\n"
+    )
+    keys = "<tag-pattern>~A<enter><tag-prefix><save-message>=Archive<enter><quit>"
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "xterm", "COLUMNS": "100", "LINES": "30"}
+    done = subprocess.run(
+        ["script", "-qec", f"mutt -n -F {rc} -e 'push \"{keys}\"'", "/dev/null"],
+        capture_output=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    c = imaplib.IMAP4(*imap_server.plain, timeout=10)
+    c.login("john@example.test", PASSWORD)
+    assert c.select("Archive")[1] == [b"2"]
+    assert c.select("INBOX")[1] == [b"0"]
+    c.logout()
