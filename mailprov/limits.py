@@ -11,14 +11,20 @@
   single-process server, and the master of SMTP worker processes); a worker asks its master over its
   channel (mailprov.smtp.workers), so N workers still allow ``max_failures`` in all, not N times it.
 * :class:`ConnectionLimiter`: concurrent connections in total and per client address.
+* :func:`client_in`: whether a client address is in a list of networks (``plaintext_networks``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
+<<<<<<< HEAD
 from collections.abc import Callable
 from typing import Protocol
+=======
+from collections.abc import Callable, Iterable
+>>>>>>> imap-store
 
 MAX_DELAY = 30.0  # seconds: the longest a failed login is held back
 WINDOW = 900.0  # seconds after the last failure before a client's count is forgotten
@@ -125,3 +131,15 @@ class ConnectionLimiter:
             self._per[client] = left
         else:
             self._per.pop(client, None)
+
+
+def client_in(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the address ``client`` (IPv4-mapped IPv6 counts as IPv4; a zone index is ignored) lies in
+    one of ``networks``; False for anything that is not an address."""
+    try:
+        addr = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)

@@ -22,7 +22,7 @@ from mailprov.privileges import drop_privileges, prepare_directories
 from mailprov.smtp.service import SMTPService
 
 log = logging.getLogger("mailprov")
-SERVICE_NAMES = ("smtp", "pop3")
+SERVICE_NAMES = ("smtp", "pop3", "imap")
 
 
 class Service(Protocol):
@@ -41,6 +41,10 @@ def build(config: Config, names: list[str]) -> list[Service]:
             services.append(SMTPService(config))
         elif name == "pop3":
             services.append(POP3Service(config, serve_after_drop=True))
+        elif name == "imap":
+            from mailprov.imap.service import IMAPService
+
+            services.append(IMAPService(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services

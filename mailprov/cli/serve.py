@@ -15,11 +15,12 @@ from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
 class Which(StrEnum):
     smtp = "smtp"
     pop3 = "pop3"
+    imap = "imap"
     all = "all"
 
 
 def serve(
-    which: Annotated[Which, typer.Argument(help="Which service to run: smtp (MTA, MDA, queue), pop3, or all.")] = Which.all,
+    which: Annotated[Which, typer.Argument(help="Which service to run: smtp (MTA, MDA, queue), pop3, imap, or all.")] = Which.all,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Run the mail services in the foreground until SIGTERM; binds ports, then drops to server.user."""
