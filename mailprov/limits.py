@@ -19,12 +19,8 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
-<<<<<<< HEAD
-from collections.abc import Callable
-from typing import Protocol
-=======
 from collections.abc import Callable, Iterable
->>>>>>> imap-store
+from typing import Protocol
 
 MAX_DELAY = 30.0  # seconds: the longest a failed login is held back
 WINDOW = 900.0  # seconds after the last failure before a client's count is forgotten
