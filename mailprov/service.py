@@ -17,10 +17,12 @@ from typing import Protocol
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
+from mailprov.pop3.service import POP3Service
 from mailprov.privileges import check_access, drop_privileges, preload, prepare_directories
+from mailprov.smtp.service import SMTPService
 
 log = logging.getLogger("mailprov")
-SERVICE_NAMES = ("smtp", "pop3")
+SERVICE_NAMES = ("smtp", "pop3", "imap")
 
 
 class Service(Protocol):
@@ -36,13 +38,13 @@ def build(config: Config, names: list[str]) -> list[Service]:
     services: list[Service] = []
     for name in names:
         if name == "smtp":
-            from mailprov.smtp.service import SMTPService
-
             services.append(SMTPService(config))
         elif name == "pop3":
-            from mailprov.pop3.service import POP3Service
-
             services.append(POP3Service(config, serve_after_drop=True))
+        elif name == "imap":
+            from mailprov.imap.service import IMAPService
+
+            services.append(IMAPService(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services

@@ -11,7 +11,7 @@
 4. alex@alpha.test submits a message to john@beta.test on mail.alpha.test's submission port (STARTTLS, AUTH);
 5. mail.alpha.test looks up the MX of beta.test and relays it over SMTP to mail.beta.test, whose MDA
    drops it into john's Maildir;
-6. john fetches it over POP3S.
+6. john fetches it over POP3S, and reads it over IMAPS too (his phone and his desktop).
 
 It prints each step as it happens and leaves everything running; ``mailprov demo status --json`` gives
 every endpoint, the DNS server and the users, and ``mailprov demo down`` stops and removes it all. The
@@ -22,7 +22,9 @@ second demo (the test suite's) can run beside a user's; the zones are rewritten 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import imaplib
 import json
 import os
 import poplib
@@ -40,13 +42,16 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailprov.deploy import daemon
+from mailprov.deploy.probe import ProbeTarget, load_certificate
 from mailprov.deploy.runner import ansible_dir, run_playbook
+from mailprov.dns.checker import CheckOptions, check_domains
 from mailprov.errors import MailprovError, UsageError
 
 DEFAULT_NET = "127.0.6"  # the /24 the bundled zones use; $MAILPROV_DEMO_NET moves the demo elsewhere
 DNS_HOST, DNS_PORT = 53, 5300
 PROBE_SOURCE_HOST = 99
-PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995}
+PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995, "imap": 2143, "imaps": 2993}
+SERVICES = ("smtp", "pop3", "imap")
 HOSTS = {
     "mail.alpha.test": {"host": 10, "domain": "alpha.test"},
     "mail.beta.test": {"host": 20, "domain": "beta.test"},
@@ -125,7 +130,7 @@ def state(base: Path | None = None) -> dict:
             "config": str(prefix / "etc" / "mailprov" / "mailprov.toml"),
             "certificate": str(prefix / "etc" / "mailprov" / "tls" / f"{name}.crt"),
             "maildir_root": str(prefix / "var" / "mail" / "mailprov"),
-            "logs": {svc: str(prefix / "var" / "log" / "mailprov" / f"{svc}.log") for svc in ("smtp", "pop3")},
+            "logs": {svc: str(prefix / "var" / "log" / "mailprov" / f"{svc}.log") for svc in SERVICES},
         }
     zones = sorted(str(p) for p in (base / "zones").glob("*.zone"))
     dns = dns_address(net)
@@ -142,7 +147,7 @@ def state(base: Path | None = None) -> dict:
 def _pidfiles(base: Path) -> dict[str, Path]:
     files = {"dns": base / "dns.pid"}
     for name in HOSTS:
-        for svc in ("smtp", "pop3"):
+        for svc in SERVICES:
             files[f"{name}/{svc}"] = base / name / "run" / "mailprov" / f"{svc}.pid"
     return files
 
@@ -212,10 +217,6 @@ def _start_dns(base: Path, net: str, echo: Echo) -> None:
 
 
 def _check_dns(net: str, echo: Echo) -> None:
-    import asyncio
-
-    from mailprov.dns.checker import CheckOptions, check_domains
-
     for name, info in HOSTS.items():
         host_address = address(net, info["host"])
         options = CheckOptions(host=name, ips=[host_address], resolvers=[(dns_address(net), DNS_PORT)], timeout=3)
@@ -300,6 +301,7 @@ def _story(base: Path, net: str, echo: Echo) -> None:
             echo(f"      Subject: {parsed['Subject']}")
             for received in parsed.get_all("Received") or []:
                 echo(f"      Received: {' '.join(received.split())[:150]}")
+            _read_over_imap(beta, john, token, echo)
             return
         if time.monotonic() > deadline:
             raise MailprovError(
@@ -342,6 +344,25 @@ def _fetch(host: str, user: str, password: str, token: str) -> bytes | None:
     finally:
         with contextlib.suppress(Exception):
             pop.quit()
+
+
+def _read_over_imap(address: str, user: dict, token: str, echo: Echo) -> None:
+    """The same message read over IMAPS, as a mail program would (BODY.PEEK: it stays unread)."""
+    echo(f"      john@beta.test reads it over IMAPS too: mail.beta.test {address}:{PORTS['imaps']}")
+    client = imaplib.IMAP4_SSL(address, PORTS["imaps"], ssl_context=_tls(), timeout=30)
+    try:
+        client.login(user["address"], user["password"])
+        exists = client.select("INBOX")[1][0].decode()
+        _status, data = client.uid("SEARCH", "HEADER", "Message-ID", f"<{token}@alpha.test>")
+        uids = data[0].split() if data and data[0] else []
+        if not uids:
+            raise MailprovError(f"message {token} is not in john's INBOX over IMAP", fix=f"see {address}'s imap.log")
+        _status, fetched = client.uid("FETCH", uids[-1].decode(), "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        subject = next(part[1] for part in fetched if isinstance(part, tuple)).decode().strip()
+        echo(f"      IMAPS login ok; INBOX has {exists} message(s); UID {uids[-1].decode()}: {subject}")
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
 
 
 def up(echo: Echo) -> dict:
@@ -420,11 +441,8 @@ def down(echo: Echo) -> None:
     echo(f"removed {base}")
 
 
-def probe_target(hostname: str):  # type: ignore[no-untyped-def]
+def probe_target(hostname: str) -> ProbeTarget:
     """A :class:`~mailprov.deploy.probe.ProbeTarget` for one host of the running demo (``mailprov probe --demo``)."""
-    from mailprov.deploy.probe import ProbeTarget, load_certificate
-    from mailprov.errors import UsageError
-
     if hostname not in HOSTS:
         raise UsageError(f"{hostname} is not a demo host", fix=f"use one of {', '.join(HOSTS)}")
     info = state()
@@ -436,6 +454,7 @@ def probe_target(hostname: str):  # type: ignore[no-untyped-def]
     )
     target.smtp_port, target.submission_port, target.submissions_port = PORTS["smtp"], PORTS["submission"], PORTS["submissions"]
     target.pop3_port, target.pop3s_port = PORTS["pop3"], PORTS["pop3s"]
+    target.imap_port, target.imaps_port = PORTS["imap"], PORTS["imaps"]
     target.user, target.password = user["address"], user["password"]
     with contextlib.suppress(OSError, UsageError):
         target.expect_cert_der = load_certificate(Path(host["certificate"]).read_text(), host["certificate"])

@@ -75,6 +75,9 @@ def test_demo_up_status_probe_down_beside_a_running_demo(user_demo: None, demo_d
         up = _mailprov("demo", "up", env=env)
         assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
         assert f"demo down             stop it and remove {demo_dir}" in up.stdout  # how to stop it, last
+        assert "reads it over IMAPS too" in up.stdout and "IMAPS login ok" in up.stdout, up.stdout[-2000:]
+        story = _mailprov("demo", "status", env=env)
+        assert story.returncode == 0
         status = json.loads(_mailprov("demo", "status", "--json", env=env).stdout)
         assert status["running"] is True
         assert status["network"] == NET
@@ -83,7 +86,7 @@ def test_demo_up_status_probe_down_beside_a_running_demo(user_demo: None, demo_d
         for name, address in (("mail.alpha.test", f"{NET}.10"), ("mail.beta.test", f"{NET}.20")):
             host = status["hosts"][name]
             assert host["address"] == address
-            for service in ("smtp", "submission", "submissions", "pop3", "pop3s"):
+            for service in ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"):
                 assert _listening(host[service]["host"], host[service]["port"]), (name, service)
             # Installed the way a real deploy installs: a venv of the host's own, not the caller's environment.
             venv = demo_dir / name / "opt" / "mailprov" / "venv"
@@ -92,7 +95,10 @@ def test_demo_up_status_probe_down_beside_a_running_demo(user_demo: None, demo_d
             assert cmdline[0].decode().startswith(str(venv)), cmdline
         probe = _mailprov("probe", "mail.beta.test", "--demo", "--format", "json", env=env)
         assert probe.returncode == 0, probe.stdout
-        assert json.loads(probe.stdout)["verdict"] == "pass"
+        report = json.loads(probe.stdout)
+        assert report["verdict"] == "pass"
+        imap_checks = [c for d in report["domains"] for c in d["checks"] if c["id"] == "probe.imap"]
+        assert len(imap_checks) == 2 and all(c["status"] == "pass" for c in imap_checks), imap_checks  # capabilities, round trip
         # Without the environment, status still finds the demo's network from its directory.
         plain = {k: v for k, v in env.items() if k != "MAILPROV_DEMO_NET"}
         assert json.loads(_mailprov("demo", "status", "--json", env=plain).stdout)["network"] == NET
