@@ -6,6 +6,10 @@
   ``window`` seconds after its last failure, or at its next successful login. At most
   :data:`MAX_TRACKED` addresses are remembered (the oldest forgotten first), so a distributed attack
   cannot grow memory without bound.
+* :class:`AuthThrottle`: the asynchronous face of a FailureThrottle the SMTP handler uses, so that
+  the counts can live in another process: :class:`LocalAuthThrottle` counts in this one (the
+  single-process server, and the master of SMTP worker processes); a worker asks its master over its
+  channel (mailprov.smtp.workers), so N workers still allow ``max_failures`` in all, not N times it.
 * :class:`ConnectionLimiter`: concurrent connections in total and per client address.
 * :func:`client_in`: whether a client address is in a list of networks (``plaintext_networks``).
 """
@@ -16,6 +20,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 MAX_DELAY = 30.0  # seconds: the longest a failed login is held back
 WINDOW = 900.0  # seconds after the last failure before a client's count is forgotten
@@ -65,6 +70,34 @@ class FailureThrottle:
     def success(self, client: str) -> None:
         """A successful login clears the client's count."""
         self._failures.pop(client, None)
+
+
+class AuthThrottle(Protocol):
+    """Failed-login counting as the SMTP handler sees it (the counts may live in another process)."""
+
+    async def blocked(self, client: str) -> bool:
+        """Whether ``client`` has used up its attempts."""
+        ...
+
+    async def fail(self, client: str) -> tuple[float, int]:
+        """Record a failure; returns the delay before answering it and the client's failures so far."""
+        ...
+
+
+class LocalAuthThrottle:
+    """An :class:`AuthThrottle` over a :class:`FailureThrottle` held in this process."""
+
+    def __init__(self, throttle: FailureThrottle) -> None:
+        self.throttle = throttle
+
+    async def blocked(self, client: str) -> bool:
+        """Whether ``client`` has used up its attempts."""
+        return self.throttle.blocked(client)
+
+    async def fail(self, client: str) -> tuple[float, int]:
+        """Record a failure; returns the delay before answering it and the client's failures so far."""
+        delay = self.throttle.fail(client)
+        return delay, self.throttle.failures(client)
 
 
 class ConnectionLimiter:

@@ -17,7 +17,9 @@ from typing import Protocol
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
+from mailprov.pop3.service import POP3Service
 from mailprov.privileges import drop_privileges, prepare_directories
+from mailprov.smtp.service import SMTPService
 
 log = logging.getLogger("mailprov")
 SERVICE_NAMES = ("smtp", "pop3", "imap")
@@ -36,12 +38,8 @@ def build(config: Config, names: list[str]) -> list[Service]:
     services: list[Service] = []
     for name in names:
         if name == "smtp":
-            from mailprov.smtp.service import SMTPService
-
             services.append(SMTPService(config))
         elif name == "pop3":
-            from mailprov.pop3.service import POP3Service
-
             services.append(POP3Service(config, serve_after_drop=True))
         elif name == "imap":
             from mailprov.imap.service import IMAPService

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mailprov import logsetup, service
+from mailprov import logsetup
 from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
 
 
@@ -24,6 +24,10 @@ def serve(
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Run the mail services in the foreground until SIGTERM; binds ports, then drops to server.user."""
+    # Imported here, as every command's heavy modules are: the services pull in the whole MTA and POP3
+    # server, which the other commands (and 'mailprov -h') need not load.
+    from mailprov import service
+
     cfg = load_config(config)
     logsetup.setup_logging(cfg)
     names = list(service.SERVICE_NAMES) if which is Which.all else [which.value]

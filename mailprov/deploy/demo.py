@@ -19,6 +19,7 @@ demo directory is $MAILPROV_DEMO_DIR, else /tmp/mailprov-demo-UID.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import imaplib
 import json
@@ -39,8 +40,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailprov.deploy import daemon
+from mailprov.deploy.probe import ProbeTarget, load_certificate
 from mailprov.deploy.runner import ansible_dir, run_playbook
-from mailprov.errors import MailprovError
+from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.errors import MailprovError, UsageError
 
 DNS_ADDRESS, DNS_PORT = "127.0.6.53", 5300
 PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995, "imap": 2143, "imaps": 2993}
@@ -167,10 +170,6 @@ def _start_dns(base: Path, echo: Echo) -> None:
 
 
 def _check_dns(echo: Echo) -> None:
-    import asyncio
-
-    from mailprov.dns.checker import CheckOptions, check_domains
-
     for name, info in HOSTS.items():
         options = CheckOptions(host=name, ips=[info["address"]], resolvers=[(DNS_ADDRESS, DNS_PORT)], timeout=3)
         report = asyncio.run(check_domains([info["domain"]], options))
@@ -392,11 +391,8 @@ def down(echo: Echo) -> None:
     echo(f"removed {base}")
 
 
-def probe_target(hostname: str):  # type: ignore[no-untyped-def]
+def probe_target(hostname: str) -> ProbeTarget:
     """A :class:`~mailprov.deploy.probe.ProbeTarget` for one host of the running demo (``mailprov probe --demo``)."""
-    from mailprov.deploy.probe import ProbeTarget, load_certificate
-    from mailprov.errors import UsageError
-
     if hostname not in HOSTS:
         raise UsageError(f"{hostname} is not a demo host", fix=f"use one of {', '.join(HOSTS)}")
     info = state()

@@ -40,6 +40,7 @@ from mailprov.listeners import HANDSHAKE_TIMEOUT, bind
 from mailprov.maildir import maildir_path
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
+from mailprov.tls import server_context
 from mailprov.users import UserDB, split
 
 log = logging.getLogger("mailprov.pop3")
@@ -84,8 +85,6 @@ class POP3Server:
         drop, so no client is ever served by a root process)."""
         self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         if self.ssl_context is None:
-            from mailprov.tls import server_context
-
             self.ssl_context = server_context(self.config)
         section = self.config.pop3
         try:
