@@ -464,7 +464,9 @@ class Connection(asyncio.Protocol):
         if self.lost or self.transport is None:
             return
         timeout = self.server.config.imap.idle_timeout
-        if self._busy or self._idle_tag is not None:  # working for the client, or in IDLE (its own limit)
+        # Working for the client, or in IDLE (its own limit), counts as activity; a command stuck because
+        # the client stopped reading its output does not (it would hold a worker thread for ever).
+        if (self._busy and self.can_write.is_set()) or self._idle_tag is not None:
             self._last = self.loop.time()
         idle = self.loop.time() - self._last
         if self._closed:

@@ -247,3 +247,37 @@ def test_commands_pipelined_after_starttls_are_discarded_rfc3501_6_2_1(imap_conf
         assert b"b OK" not in out and b"b NO" not in out and b"c OK" in out
         assert b"AUTH=PLAIN" in out  # still not authenticated: the pipelined LOGIN never ran
         tls.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_idle_timeout(imap_config):
+    """FETCH of 12 MB, then the client reads nothing: once the idle timeout passes with the output
+    stalled, the session is aborted (its unsent output dropped) and the server goes on serving others."""
+    config = imap_config(append_limit=16 * 1024 * 1024)
+    with IMAPThread(config) as server:
+        c = login(server)
+        one = MSG + (b"y" * 998 + b"\r\n") * 300  # 40 x 300 kB: output in many batches, more than buffers hold
+        for _ in range(40):
+            c.append("INBOX", None, None, one)
+        big = one * 40
+        c.logout()
+        config.imap.idle_timeout = 1  # shortened for the test (the schema requires RFC 3501's 30 minutes)
+        sock = raw(server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        exchange(sock, f'a LOGIN john@example.test "{PASSWORD}"\r\n'.encode(), b"a OK")
+        exchange(sock, b"b SELECT INBOX\r\n", b"b OK")
+        sock.sendall(b"c FETCH 1:* BODY.PEEK[]\r\n")
+        time.sleep(4)  # read nothing meanwhile: the server's writes stall
+        got = 0
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < len(big), "the whole message arrived: the server never gave up on the stalled client"
+        sock.close()
+        c = login(server)  # the server is fine and serves others
+        c.logout()
