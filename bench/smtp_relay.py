@@ -184,7 +184,11 @@ class PostfixRelay:
 
 def end_to_end(make, args: argparse.Namespace) -> float | None:
     sink = Sink().start()
-    mta = make()
+    try:
+        mta = make()
+    except BaseException:  # the MTA did not start: do not leave the sink behind
+        sink.stop()
+        raise
     try:
         start = time.monotonic()
         submit = smtp_source(mta.host, mta.port, args.messages, args.size, args.sessions)

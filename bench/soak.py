@@ -230,7 +230,7 @@ def soak(seconds: float) -> None:
         drained = time.monotonic()
         while any(tree.queue_files(s) for s in ("incoming", "active")) and time.monotonic() - drained < 60:
             time.sleep(0.2)
-        time.sleep(10)  # idle outbound connections are kept 5 s for reuse (delivery/remote.py IDLE_TIMEOUT)
+        time.sleep(10)  # idle outbound connections are kept 5 s for reuse (delivery/remote/pool.py IDLE_TIMEOUT)
         fds_end = {name: group_fds(pgid) for name, pgid in services.items()}
         print(f"\n== soak: {elapsed:.0f} s, 4 inbound + 2 submission + 2 POP3 clients, {os.cpu_count()} CPUs (shared)")
         print(f"{'kind':22} {'count':>7} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -50,13 +49,38 @@ def check(
     ns_port: Annotated[int, typer.Option("--ns-port", help="Port of the domains' name servers for --authoritative (labs).")] = 53,
     concurrency: Annotated[int, typer.Option("--concurrency", help="DNS queries in flight at once.")] = 256,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Table format: show the evidence (queries, servers, answers).")] = False,
+    dnssec: Annotated[
+        bool,
+        typer.Option("--dnssec", help="Validate DNSSEC from the root zone's key and check DANE (the resolver must answer for the root)."),
+    ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Live: connect to each MX (STARTTLS, TLS version, certificate) and fetch the MTA-STS policy.")
+    ] = False,
+    smtp_port: Annotated[int, typer.Option("--smtp-port", help="Port of the MX hosts for --tls (labs).")] = 25,
+    https_port: Annotated[int, typer.Option("--https-port", help="Port of mta-sts.DOMAIN for the policy fetch (labs).")] = 443,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="CA certificates (PEM) to verify with instead of the system's (labs).")
+    ] = None,
+    dnsbl: Annotated[
+        bool, typer.Option("--dnsbl", help="Look the MX and --ip addresses up in zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org.")
+    ] = False,
+    dnsbl_zone: Annotated[
+        list[str] | None,
+        typer.Option("--dnsbl-zone", help="A blocklist zone to use instead of the defaults (repeatable; implies --dnsbl)."),
+    ] = None,
+    trust_anchor: Annotated[
+        Path | None, typer.Option("--trust-anchor", help="DS/DNSKEY records to trust instead of the root's (labs); implies --dnssec.")
+    ] = None,
 ) -> None:
-    """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS.
+    """Check that domains are ready to send and receive mail: MX, PTR, FCrDNS, SPF, DMARC, DKIM, MTA-STS, IPv6;
+    with --dnssec DNSSEC and DANE, with --tls the live STARTTLS of each MX and the MTA-STS policy, with --dnsbl blocklists.
 
     Exit 0 when every check passes (warnings too, without --strict), 1 when one fails, 2 on bad usage,
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
     """
-    # Imported here so that other commands do not pay for dnspython and cryptography at start-up.
+    # Imported here so that other commands (and --help) do not pay for asyncio, dnspython and cryptography.
+    import asyncio
+
     from mailprov.dns.checker import CheckOptions, check_domains
     from mailprov.dns.model import Status
     from mailprov.dns.report import render
@@ -88,6 +112,14 @@ def check(
         concurrency=concurrency,
         authoritative=authoritative,
         ns_port=ns_port,
+        dnssec=dnssec,
+        trust_anchor=trust_anchor,
+        tls=tls,
+        smtp_port=smtp_port,
+        https_port=https_port,
+        ca_file=ca_file,
+        dnsbl=dnsbl,
+        dnsbl_zones=list(dnsbl_zone or []),
     )
     report = asyncio.run(check_domains(names, options))
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mailprov.config import parse_hostport
-from mailprov.errors import ConfigError, UsageError
+from mailprov.errors import UsageError
 
 app = typer.Typer(help="Plan the DNS records a mail domain must publish; serve zone files.", no_args_is_help=True)
 
@@ -35,6 +30,10 @@ def plan(
     report_address: Annotated[str | None, typer.Option("--report-address", help="Address for DMARC and TLS reports.")] = None,
     ttl: Annotated[int, typer.Option("--ttl", help="TTL of the planned records, in seconds.")] = 3600,
     fmt: Annotated[str, typer.Option("--format", help="zone (a BIND snippet) or json.")] = "zone",
+    tlsa_from: Annotated[
+        list[Path] | None,
+        typer.Option("--tlsa-from", help="Certificate (PEM) the MTA serves: print its DANE TLSA 3 1 1 record; repeat for the next key."),
+    ] = None,
 ) -> None:
     """Print the records DOMAIN must publish for a new mail host, as a BIND zone snippet or JSON."""
     from mailprov.dns.plan import make_plan, render_json, render_zone
@@ -55,6 +54,7 @@ def plan(
         dmarc_policy=dmarc_policy,
         report_address=report_address,
         ttl=ttl,
+        tlsa_from=list(tlsa_from or []),
     )
     if result.dkim_key_created:
         typer.echo(f"wrote DKIM private key {result.dkim_key_file} (mode 0600)", err=True)
@@ -67,7 +67,15 @@ def serve_zones_cmd(
     listen: Annotated[str, typer.Option("--listen", help="Address and port, HOST:PORT or [V6]:PORT.")] = "127.0.0.1:5353",
 ) -> None:
     """Serve zone files as an authoritative DNS server (UDP and TCP) in the foreground until Ctrl-C or SIGTERM."""
+    # Imported here, not at the top: --help and the other commands do not pay for asyncio and the config schema.
+    import asyncio
+    import contextlib
+    import errno
+    import signal
+
+    from mailprov.config import parse_hostport
     from mailprov.dns.zoneserver import serve_zones
+    from mailprov.errors import ConfigError
 
     try:
         host, port = parse_hostport(listen, key="--listen")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config, read_password
-from mailprov.users import AliasDB, UserDB
+
+if TYPE_CHECKING:
+    from mailprov.users import AliasDB, UserDB
 
 user_app = typer.Typer(help="Manage mail users (the users file).", no_args_is_help=True)
 alias_app = typer.Typer(help="Manage aliases (the aliases file).", no_args_is_help=True)
@@ -16,10 +18,15 @@ PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the 
 
 
 def _users(config: str) -> UserDB:
+    # Imported here: mailprov.users computes an argon2 hash at import (~100 ms), which --help must not pay.
+    from mailprov.users import UserDB
+
     return UserDB(load_config(config).paths.users_file)
 
 
 def _aliases(config: str) -> AliasDB:
+    from mailprov.users import AliasDB
+
     return AliasDB(load_config(config).paths.aliases_file)
 
 

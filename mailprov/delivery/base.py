@@ -8,8 +8,11 @@ backoff) or permanent failure (the queue bounces it to the sender, unless the se
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -70,3 +73,12 @@ class Courier(Protocol):
     async def close(self) -> None:
         """Release cached connections and other resources."""
         ...
+
+
+def group_by_domain(items: Iterable[T], address: Callable[[T], str]) -> dict[str, list[T]]:
+    """``items`` grouped by the domain of ``address(item)`` (lower case, in first-seen order): one
+    delivery per destination domain. The queue runner and the remote courier both group with this."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(address(item).rpartition("@")[2].lower(), []).append(item)
+    return groups

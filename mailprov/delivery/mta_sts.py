@@ -176,6 +176,10 @@ class HTTPSFetcher:
                 errors.append(f"{address}: {exc}")
         raise PolicyError(f"cannot fetch https://{host}/.well-known/mta-sts.txt: {'; '.join(errors)}")
 
+    def get(self, host: str, address: str) -> str:
+        """Blocking GET of ``https://HOST/.well-known/mta-sts.txt`` from ``address`` (``mailprov check --tls`` uses it too)."""
+        return self._get(host, address)
+
     def _get(self, host: str, address: str) -> str:
         conn = _PinnedHTTPSConnection(host, address, self.port, self.context, self.timeout)
         try:

@@ -12,6 +12,7 @@ worse through the resolvers than at the source is reported as "published, not ye
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -19,11 +20,17 @@ from pathlib import Path
 
 import dns.name
 
+from mailprov.dns.caa import check_caa
+from mailprov.dns.dane import check_dane
 from mailprov.dns.dkim import check_dkim
 from mailprov.dns.dmarc import check_dmarc
+from mailprov.dns.dnsbl import DEFAULT_ZONES, check_dnsbl
+from mailprov.dns.dnssec import TrustAnchor, Validator, check_dnssec, load_trust_anchors
+from mailprov.dns.ipv6 import check_ipv6
 from mailprov.dns.model import CheckResult, DomainReport, Report, Status
-from mailprov.dns.mta_sts import check_mta_sts, check_tls_rpt
-from mailprov.dns.mx import check_mx, host_addresses
+from mailprov.dns.mta_sts import check_mta_sts, check_mta_sts_policy, check_tls_rpt
+from mailprov.dns.mx import MXOutcome, check_mx, host_addresses
+from mailprov.dns.mx_tls import judge, probe_starttls
 from mailprov.dns.ptr import check_address, check_host_address
 from mailprov.dns.resolver import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Answer, NetworkSource, Source, fmt_server, system_resolvers
 from mailprov.dns.spf import check_spf, check_spf_sender
@@ -33,6 +40,7 @@ from mailprov.errors import UsageError
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 SELECTOR_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+MAX_MX_HOSTS = 10  # live and DANE checks look at no more MX hosts than this (a sender tries fewer)
 _RANK = {Status.PASS: 0, Status.SKIP: 0, Status.WARN: 1, Status.FAIL: 2}
 
 
@@ -50,6 +58,15 @@ class CheckOptions:
     domain_concurrency: int = 200  # domains checked at once
     authoritative: bool = False  # also ask each domain's own name servers
     ns_port: int = 53  # port of those name servers (labs and tests use another)
+    dnssec: bool = False  # validate DNSSEC (and check DANE) from the trust anchors
+    trust_anchor: Path | None = None  # DS/DNSKEY records to trust instead of the root zone's KSK (labs)
+    anchors: list[TrustAnchor] = field(default_factory=list)  # filled by validate_options
+    tls: bool = False  # live: connect to each MX (STARTTLS, certificate) and fetch the MTA-STS policy
+    smtp_port: int = 25  # port of the MX hosts for --tls (labs use another)
+    https_port: int = 443  # port of mta-sts.DOMAIN for the policy fetch (labs)
+    ca_file: Path | None = None  # CA certificates to verify with instead of the system's (labs)
+    dnsbl: bool = False  # look the MX and --ip addresses up in blocklists
+    dnsbl_zones: list[str] = field(default_factory=list)  # the lists (empty with dnsbl: DEFAULT_ZONES)
 
 
 def normalize_name(value: str, what: str = "domain") -> str:
@@ -85,6 +102,20 @@ def validate_options(options: CheckOptions) -> None:
         raise UsageError("--authoritative asks the domains' name servers; it cannot be combined with --zone", fix="drop one of them")
     if options.concurrency < 1 or options.domain_concurrency < 1:
         raise UsageError("concurrency must be at least 1")
+    for what, port in (("--smtp-port", options.smtp_port), ("--https-port", options.https_port)):
+        if not 0 < port < 65536:
+            raise UsageError(f"{what} {port} is out of range", fix="use a port from 1 to 65535")
+    if options.ca_file is not None and not options.ca_file.is_file():
+        raise UsageError(f"--ca-file {options.ca_file} is not a readable file", fix="give a PEM file of CA certificates")
+    if options.dnsbl_zones:
+        options.dnsbl = True
+        options.dnsbl_zones = [normalize_name(z, "--dnsbl-zone") for z in options.dnsbl_zones]
+    elif options.dnsbl:
+        options.dnsbl_zones = list(DEFAULT_ZONES)
+    if options.trust_anchor is not None:
+        options.dnssec = True
+    if options.dnssec and not options.anchors:
+        options.anchors = load_trust_anchors(options.trust_anchor)
 
 
 def make_source(options: CheckOptions) -> Source:
@@ -95,12 +126,15 @@ def make_source(options: CheckOptions) -> Source:
     return NetworkSource(options.resolvers or system_resolvers(), timeout=options.timeout, concurrency=options.concurrency)
 
 
-async def check_domain(source: Source, domain: str, options: CheckOptions) -> DomainReport:
-    """Every check for one (already normalised) domain, through ``source``."""
+async def check_domain(source: Source, domain: str, options: CheckOptions, validator: Validator | None = None) -> DomainReport:
+    """Every check for one (already normalised) domain, through ``source`` (DNSSEC and DANE with a ``validator``)."""
     report = DomainReport(domain)
     mx = await check_mx(source, domain)
     report.checks.extend(mx.results)
     if not mx.exists:
+        if validator is not None and any(c.status == Status.ERROR for c in mx.results):
+            # A validating resolver answers SERVFAIL for bogus data: the DNSSEC check (asking with CD) says why.
+            report.checks.extend(await check_dnssec(validator, domain, []))
         return report
 
     host_task = None
@@ -110,6 +144,7 @@ async def check_domain(source: Source, domain: str, options: CheckOptions) -> Do
         report.checks.append(
             CheckResult("host.address", Status.SKIP, ", ".join(options.ips), "skipped: no --host name to compare the --ip addresses with")
         )
+    live_task = asyncio.ensure_future(_live(source, validator, domain, mx, options)) if validator is not None or options.tls else None
     record_checks = asyncio.gather(
         check_spf(source, domain),
         check_dmarc(source, domain),
@@ -131,10 +166,51 @@ async def check_domain(source: Source, domain: str, options: CheckOptions) -> Do
         *(check_address(source, ip, expect_host=options.host if ip in own else None, role=role) for ip, role in roles.items())
     )
     report.checks.extend(r for results in ptr_results for r in results)
-    report.checks.extend(await record_checks)
+    report.checks.append(check_ipv6(domain, mx))
+    if options.dnsbl:
+        report.checks.extend(await asyncio.gather(*(check_dnsbl(source, ip, options.dnsbl_zones, role) for ip, role in roles.items())))
+    records = await record_checks
+    report.checks.extend(records)
+    if options.tls:
+        cafile = str(options.ca_file) if options.ca_file else None
+        policy = check_mta_sts_policy(
+            source, domain, mx.hosts, records[3], port=options.https_port, ca_file=cafile, timeout=options.timeout
+        )
+        report.checks.append(await policy)
+    if live_task is not None:
+        report.checks.extend(await live_task)
     # The provisioned host's addresses must be allowed to send for the domain.
     report.checks.extend(await asyncio.gather(*(check_spf_sender(source, domain, ip) for ip in own)))
     return report
+
+
+async def _live(source: Source, validator: Validator | None, domain: str, mx: MXOutcome, options: CheckOptions) -> list[CheckResult]:
+    """``mx.tls`` (``--tls``: STARTTLS of each MX), ``dnssec``, ``dane`` (comparing the served certificates), ``caa`` (``--tls``)."""
+    hosts = mx.hosts[:MAX_MX_HOSTS]
+    pairs = [(host, address) for host in hosts for address, owners in mx.addresses.items() if host in owners][:MAX_MX_HOSTS]
+    cafile = str(options.ca_file) if options.ca_file else None
+    probes = []
+    if options.tls:
+        probes = await asyncio.gather(
+            *(probe_starttls(host, address, options.smtp_port, timeout=options.timeout, cafile=cafile) for host, address in pairs)
+        )
+    served = {}
+    for probe in probes:
+        if probe.leaf_der is not None:
+            served.setdefault(probe.host + ".", probe.leaf_der)
+    results: list[CheckResult] = []
+    matched: dict[str, bool | None] = {}
+    if validator is not None:
+        results.extend(await check_dnssec(validator, domain, mx.hosts))
+        if validator.available:
+            dane = await asyncio.gather(*(check_dane(validator, host, served.get(host)) for host in hosts))
+            for host, (result, match) in zip(hosts, dane, strict=True):
+                results.append(result)
+                matched[host] = match
+    results[:0] = [judge(probe, dane_match=matched.get(probe.host + ".")) for probe in probes]
+    if options.tls:
+        results.extend(await asyncio.gather(*(check_caa(source, host) for host in hosts)))
+    return results
 
 
 async def _name_servers(source: Source, domain: str) -> tuple[str | None, list[str], list[Answer]]:
@@ -191,7 +267,9 @@ async def _authoritative(source: Source, domain: str, options: CheckOptions, rep
     servers = [(a, options.ns_port) for a in addresses]
     inside = NetworkSource(servers, timeout=options.timeout, concurrency=options.concurrency, recursion=False)
     try:
-        at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, options)
+        # Only what the zone publishes is compared: the live checks (--tls) and the blocklists are not run twice.
+        records_only = dataclasses.replace(options, tls=False, dnsbl=False)
+        at_source = await check_domain(_SplitSource(apex or domain, inside, source), domain, records_only)
     finally:
         inside.close()
     unanswered = next((c for c in at_source.checks if c.status == Status.ERROR and c.id == "domain.exists"), None)
@@ -244,11 +322,12 @@ async def check_domains(domains: list[str], options: CheckOptions | None = None,
     own = source is None
     source = source or make_source(options)
     limit = asyncio.Semaphore(options.domain_concurrency)
+    validator = Validator(source, options.anchors) if options.dnssec else None
 
     async def one(domain: str) -> DomainReport:
         async with limit:
             try:
-                report = await check_domain(source, domain, options)
+                report = await check_domain(source, domain, options, validator)
                 if options.authoritative:
                     await _authoritative(source, domain, options, report)
             except Exception as exc:  # a bug must not hide the other domains' results, nor show a traceback

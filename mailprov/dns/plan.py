@@ -1,7 +1,8 @@
 """``mailprov dns plan``: the records a domain must publish for a new mail host.
 
 :func:`make_plan` builds the list (the host's A/AAAA, MX, SPF, DMARC, a DKIM key, TLS-RPT, optionally
-MTA-STS, and the PTR records to request from whoever owns the address block); :func:`render_zone` prints
+MTA-STS, with ``tlsa_from`` the DANE TLSA records of the host's certificates, and the PTR records to
+request from whoever owns the address block); :func:`render_zone` prints
 it as a BIND zone snippet with absolute names (paste it into any zone file), :func:`render_json` as JSON.
 
 The DKIM key pair is generated once: the private key is written as PEM (PKCS#8, RSA 2048 bits by default)
@@ -103,6 +104,7 @@ def make_plan(
     dkim_key_dir: Path | None = None,
     dkim_bits: int = 2048,
     mta_sts: bool = False,
+    tlsa_from: list[Path] | None = None,
     tls_rpt: bool = True,
     dmarc_policy: str = "quarantine",
     report_address: str | None = None,
@@ -157,9 +159,25 @@ def make_plan(
         )
         plan.records.append(PlanRecord(f"mta-sts.{fqdn}", ttl, "CNAME", hostdot, comment="serves the policy over HTTPS"))
         plan.mta_sts_policy = f"version: STSv1\nmode: testing\nmx: {host}\nmax_age: 86400\n"
+    for number, cert_path in enumerate(tlsa_from or []):
+        plan.records.append(tlsa_record(cert_path, hostdot, ttl, current=number == 0))
     for a in addresses:
         plan.ptr.append(PlanRecord(dns.reversename.from_address(str(a)).to_text(), ttl, "PTR", hostdot, comment=f"reverse DNS of {a}"))
     return plan
+
+
+def tlsa_record(cert_path: Path, hostdot: str, ttl: int, *, current: bool = True) -> PlanRecord:
+    """The DANE-EE ``3 1 1`` TLSA record of the certificate in ``cert_path`` for SMTP on ``hostdot`` (RFC 7672)."""
+    from mailprov.dns.dane import tlsa_for_certificate
+
+    try:
+        value = tlsa_for_certificate(Path(cert_path).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read certificate {cert_path}: {exc.strerror or exc}", fix="give the PEM file the MTA serves") from None
+    except ValueError as exc:
+        raise UsageError(f"{cert_path} is not a PEM or DER certificate: {exc}", fix="give the PEM file the MTA serves") from None
+    role = "the deployed key" if current else "the next key (publish before switching keys: RFC 7671 8.1)"
+    return PlanRecord(f"_25._tcp.{hostdot}", ttl, "TLSA", value, comment=f"DANE for SMTP to the host: {role}; the zone must be signed")
 
 
 def render_zone(plan: Plan) -> str:

@@ -52,6 +52,7 @@ class Answer:
     rrsets: list[dns.rrset.RRset] = field(default_factory=list)
     error: str | None = None  # set when the query could not be completed
     negative_ttl: int | None = None  # from the SOA in the authority section of NXDOMAIN / NODATA
+    authority: list[dns.rrset.RRset] = field(default_factory=list)  # kept for DNSSEC answers (NSEC proofs, RRSIGs)
 
     @property
     def nxdomain(self) -> bool:
@@ -176,10 +177,16 @@ def _wire_name(qname: str) -> bytes:
     return bytes(out) + b"\0"
 
 
-def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, payload: int = 1232) -> bytes:
-    """A query message in wire format with EDNS0 (built directly: dnspython's builder costs as much as the query)."""
-    header = struct.pack("!HHHHHH", qid, 0x0100 if recursion else 0, 1, 0, 0, 1)
-    opt = b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, payload, 0, 0)
+def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, payload: int = 1232, dnssec: bool = False) -> bytes:
+    """A query message in wire format with EDNS0 (built directly: dnspython's builder costs as much as the query).
+
+    ``dnssec`` sets DO (send the RRSIGs and NSEC proofs, RFC 4035 3.2.1) and CD (checking disabled, RFC 4035
+    3.2.2): a validating resolver then hands over bogus data instead of SERVFAIL, so that the checker can
+    say what is wrong with it.
+    """
+    flags = (0x0100 if recursion else 0) | (0x0010 if dnssec else 0)
+    header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1)
+    opt = b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, payload, 0x8000 if dnssec else 0, 0)
     return header + _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN) + opt
 
 
@@ -241,7 +248,7 @@ class NetworkSource:
         self.recursion = recursion
         self.description = ", ".join(fmt_server(h, p) for h, p in servers)
         self._limit = asyncio.Semaphore(concurrency)
-        self._cache: dict[tuple[str, str], asyncio.Future[Answer]] | None = {} if cache else None
+        self._cache: dict[tuple[str, str, bool], asyncio.Future[Answer]] | None = {} if cache else None
         self._muxes: dict[tuple[str, int], list[_Mux]] = {}
         self._next = 0
 
@@ -255,7 +262,7 @@ class NetworkSource:
         self._next += 1
         return pool[self._next % len(pool)]
 
-    async def _udp(self, qname: str, rdtype: str, host: str, port: int) -> dns.message.Message:
+    async def _udp(self, qname: str, rdtype: str, host: str, port: int, dnssec: bool = False) -> dns.message.Message:
         """Send over a pooled socket; on a truncated answer, ask again over TCP."""
         mux = await self._mux(host, port)
         assert mux.transport is not None
@@ -267,14 +274,16 @@ class NetworkSource:
         future: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
         mux.pending[qid] = (qname, qtype, future)
         try:
-            mux.transport.sendto(query_wire(qname, qtype, qid, recursion=self.recursion))
+            mux.transport.sendto(query_wire(qname, qtype, qid, recursion=self.recursion, dnssec=dnssec))
             response = await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
             raise dns.exception.Timeout() from None
         finally:
             mux.pending.pop(qid, None)
         if response.flags & dns.flags.TC:
-            request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232)
+            request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232, want_dnssec=dnssec)
+            if dnssec:
+                request.flags |= dns.flags.CD
             if not self.recursion:
                 request.flags &= ~dns.flags.RD
             response = await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port)
@@ -290,23 +299,30 @@ class NetworkSource:
 
     async def query(self, name: str, rdtype: str) -> Answer:
         """Answer from the cache, or ask the servers (concurrent askers of one query share it)."""
+        return await self._cached(name, rdtype, False)
+
+    async def query_dnssec(self, name: str, rdtype: str) -> Answer:
+        """Like :meth:`query`, with DO and CD set: the answer keeps its RRSIGs and the authority's NSEC proofs."""
+        return await self._cached(name, rdtype, True)
+
+    async def _cached(self, name: str, rdtype: str, dnssec: bool) -> Answer:
         qname = name.lower() if name.endswith(".") else name.lower() + "."
         if self._cache is None:
-            return await self._ask(qname, rdtype)
-        key = (qname, rdtype)
+            return await self._ask(qname, rdtype, dnssec)
+        key = (qname, rdtype, dnssec)
         future = self._cache.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._ask(qname, rdtype))
+            future = asyncio.ensure_future(self._ask(qname, rdtype, dnssec))
             self._cache[key] = future
         return await asyncio.shield(future)
 
-    async def _ask(self, qname: str, rdtype: str) -> Answer:
+    async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
         failures: list[str] = []
         async with self._limit:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
-                    response = await self._udp(qname, rdtype, host, port)
+                    response = await self._udp(qname, rdtype, host, port, dnssec)
                 except dns.exception.Timeout:
                     failures.append(f"{server}: no answer within {self.timeout:g} s")
                     continue
@@ -317,11 +333,11 @@ class NetworkSource:
                 if rcode not in ("NOERROR", "NXDOMAIN"):
                     failures.append(f"{server}: {rcode}")
                     continue
-                return _from_response(qname, rdtype, server, response)
+                return _from_response(qname, rdtype, server, response, dnssec)
         return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
 
 
-def _from_response(qname: str, rdtype: str, server: str, response: dns.message.Message) -> Answer:
+def _from_response(qname: str, rdtype: str, server: str, response: dns.message.Message, dnssec: bool = False) -> Answer:
     """An Answer from a response: the answer section, and the negative TTL from the SOA in authority."""
     negative_ttl = None
     for rrset in response.authority:
@@ -334,4 +350,5 @@ def _from_response(qname: str, rdtype: str, server: str, response: dns.message.M
         rcode=dns.rcode.to_text(response.rcode()),
         rrsets=list(response.answer),
         negative_ttl=negative_ttl,
+        authority=list(response.authority) if dnssec else [],
     )

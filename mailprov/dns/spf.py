@@ -8,6 +8,7 @@ such terms, two SPF records, or a syntax error returns permerror, which DMARC tr
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -148,6 +149,7 @@ class _Count:
     problems: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
     incomplete: str | None = None
+    voids: list[str] = field(default_factory=list)  # terms whose lookup found nothing (RFC 7208 4.6.4)
 
 
 async def _fetch(source: Source, domain: str):  # type: ignore[no-untyped-def]
@@ -158,6 +160,7 @@ async def _fetch(source: Source, domain: str):  # type: ignore[no-untyped-def]
 async def _count(source: Source, domain: str, record: SPFRecord, count: _Count, path: list[str]) -> None:
     """Add ``record``'s DNS-querying terms to ``count``, descending into includes and redirects."""
     count.lookups += len(record.querying())
+    await _count_voids(source, domain, record, count)
     for term in record.targets():
         target = term.value.rstrip(".").lower()
         if "%" in target:
@@ -176,6 +179,8 @@ async def _count(source: Source, domain: str, record: SPFRecord, count: _Count, 
         if answer.error:
             count.incomplete = count.incomplete or answer.error
             continue
+        if not answer.records:
+            count.voids.append(f"'{term.text}' in {domain}")
         if len(spfs) != 1:
             what = "no SPF record" if not spfs else f"{len(spfs)} SPF records"
             count.problems.append(f"'{term.text}' in {domain} points at {target}, which has {what} (permerror)")
@@ -184,6 +189,23 @@ async def _count(source: Source, domain: str, record: SPFRecord, count: _Count, 
         for error in inner.errors:
             count.problems.append(f"{target}: {error}")
         await _count(source, target, inner, count, [*path, target])
+
+
+async def _count_voids(source: Source, domain: str, record: SPFRecord, count: _Count) -> None:
+    """Ask the a:/mx:/exists: targets named explicitly; each that finds nothing is a void lookup (RFC 7208 4.6.4)."""
+    terms = [t for t in record.querying() if t.name in ("a", "mx", "exists") and t.value and "%" not in t.value]
+    rdtype = {"a": "A", "mx": "MX", "exists": "A"}
+    answers = await asyncio.gather(*(source.query(t.value.rstrip(".") + ".", rdtype[t.name]) for t in terms))
+    for term, answer in zip(terms, answers, strict=True):
+        if answer.error:
+            continue
+        if not answer.records and not (term.name == "a" and await _has_aaaa(source, term.value)):
+            count.voids.append(f"'{term.text}' in {domain}")
+            count.evidence.append(answer.evidence())
+
+
+async def _has_aaaa(source: Source, name: str) -> bool:
+    return bool((await source.query(name.rstrip(".") + ".", "AAAA")).records)
 
 
 async def check_spf(source: Source, domain: str) -> CheckResult:
@@ -243,6 +265,15 @@ async def check_spf(source: Source, domain: str) -> CheckResult:
             fix="replace include:/a/mx terms with ip4:/ip6: ranges, or drop includes you do not need",
             records=evidence,
         )
+    if len(count.voids) > VOID_LIMIT:
+        return CheckResult(
+            "spf",
+            Status.FAIL,
+            domain,
+            f"{len(count.voids)} void lookups ({', '.join(count.voids)}): RFC 7208 4.6.4 allows {VOID_LIMIT}, receivers return permerror",
+            fix="remove the terms whose names do not exist or have no records",
+            records=evidence,
+        )
     if count.problems:
         return CheckResult("spf", Status.FAIL, domain, "; ".join(count.problems), fix="correct the included records", records=evidence)
     if count.incomplete:
@@ -280,6 +311,15 @@ async def check_spf(source: Source, domain: str) -> CheckResult:
             domain,
             "'?all' gives other hosts a neutral result",
             fix="end the record with '-all' or '~all'",
+            records=evidence,
+        )
+    if count.voids:
+        return CheckResult(
+            "spf",
+            Status.WARN,
+            domain,
+            f"{', '.join(count.voids)} found nothing (a void lookup; RFC 7208 4.6.4 allows {VOID_LIMIT} before permerror)",
+            fix="remove the term, or publish the record it names",
             records=evidence,
         )
     return CheckResult("spf", Status.PASS, domain, f"'{spfs[0]}' ({count.lookups}/{LOOKUP_LIMIT} lookups)", records=evidence)

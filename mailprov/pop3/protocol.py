@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from mailprov.pop3.mailbox import Message
 
-MAX_ERRORS = 10  # bad commands before the server hangs up
+MAX_ERRORS = 10  # protocol errors (unknown commands, bad syntax) before the server hangs up
 MAX_ARG = 255  # RFC 2449: a command line is at most 255 octets
 
 
@@ -212,7 +212,13 @@ class Session:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _refuse(self, text: str) -> list[Action]:
+        """A -ERR for a well-formed command that cannot be done now ("no such message", "use STLS
+        first"): not a protocol error, so it does not count toward MAX_ERRORS."""
+        return [_err(text)]
+
     def _error(self, text: str) -> list[Action]:
+        """A -ERR for a protocol error (unknown command, bad syntax): the tenth ends the session."""
         self._errors += 1
         if self._errors >= MAX_ERRORS:
             self.state = State.DONE
@@ -231,16 +237,16 @@ class Session:
             return self._error("invalid message number")
         number = int(arg)
         if not 1 <= number <= len(self.messages):
-            return self._error(f"no such message, only {len(self.messages)} in maildrop")
+            return self._refuse(f"no such message, only {len(self.messages)} in maildrop")
         msg = self.messages[number - 1]
         if msg.deleted:
-            return self._error(f"message {number} is deleted")
+            return self._refuse(f"message {number} is deleted")
         return msg
 
     def _not_plain(self) -> list[Action] | None:
         if self.auth_allowed:
             return None
-        return self._error("[AUTH] Plaintext authentication disallowed on non-secure connections, use STLS first")
+        return self._refuse("[AUTH] Plaintext authentication disallowed on non-secure connections, use STLS first")
 
     def _wait(self) -> None:
         self.state = State.WAITING
@@ -302,7 +308,7 @@ class Session:
     def _sasl_response(self, line: bytes) -> list[Action]:
         line = line.strip()
         if line == b"*":
-            return self._error("authentication cancelled")
+            return self._refuse("authentication cancelled")
         try:
             raw = b"" if line == b"=" else base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError):

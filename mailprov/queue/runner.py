@@ -38,11 +38,11 @@ from dataclasses import dataclass
 
 from mailprov import maillog
 from mailprov.config import Config
-from mailprov.delivery.base import Courier, Envelope, Outcome, Result
+from mailprov.delivery.base import Courier, Envelope, Outcome, Result, group_by_domain
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.dsn import build_dsn
 from mailprov.queue.store import CorruptQueueFile, QueueItem, QueueStore, Recipient, new_queue_id
-from mailprov.users import Directory, Resolution, split
+from mailprov.users import Directory, Resolution
 
 log = logging.getLogger("mailprov.queue")
 
@@ -316,10 +316,7 @@ class QueueRunner:
         local = [r for r in pending if r.local]
         if local:
             groups.append((self.local, local))
-        by_domain: dict[str, list[Recipient]] = {}
-        for r in pending:
-            if not r.local:
-                by_domain.setdefault(split(r.address)[1], []).append(r)
+        by_domain = group_by_domain((r for r in pending if not r.local), lambda r: r.address)
         groups += [(self.remote, rs) for rs in by_domain.values()]
         outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
 

@@ -135,6 +135,14 @@ def parse_address(text: str, *, smtputf8: bool = False) -> Address:
     return Address(local, name, literal)
 
 
+def parse_recipient(text: str, *, smtputf8: bool = False, postmaster_domain: str) -> Address:
+    """Like parse_address, but ``<postmaster>`` without a domain (any case) is the postmaster of
+    ``postmaster_domain``: RFC 5321 4.5.1 says every server MUST accept it (4.1.1.3 gives the syntax)."""
+    if text.lower() == "postmaster":
+        return Address("postmaster", postmaster_domain.lower())
+    return parse_address(text, smtputf8=smtputf8)
+
+
 def parse_sender(text: str, *, smtputf8: bool = False) -> Address | None:
     """Like parse_address, but ``<>`` (given as ``""`` or ``"<>"``) is the null sender (None)."""
     if text in ("", "<>"):

@@ -36,7 +36,7 @@ from mailprov.delivery.base import Envelope as CourierEnvelope
 from mailprov.queue.runner import log_result, targets_for
 from mailprov.queue.store import QueueItem, Recipient, new_queue_id
 from mailprov.smtp import policy
-from mailprov.smtp.address import AddressError, parse_address, parse_sender
+from mailprov.smtp.address import AddressError, parse_recipient, parse_sender
 from mailprov.smtp.auth import AuthIdentity
 from mailprov.users import normalize
 
@@ -68,6 +68,12 @@ def header_end(message: bytes) -> int:
         return 0
     idx = message.find(b"\r\n\r\n")
     return idx + 2 if idx >= 0 else len(message)
+
+
+def has_bare_newline(message: bytes) -> bool:
+    """Whether a line of ``message`` ends in LF without CR (aiosmtpd only ends DATA at CRLF.CRLF, so such
+    an LF is inside the content; it is refused rather than guessed at -- docs/security.md)."""
+    return message.count(b"\n") != message.count(b"\r\n")
 
 
 def header_names(message: bytes) -> list[bytes]:
@@ -144,7 +150,7 @@ class SMTPHandler:
         """Refuse by default: accept local users and aliases, and relay only for AUTH or trusted networks."""
         txn = _txn(envelope)
         try:
-            rcpt = parse_address(address, smtputf8=bool(envelope.smtp_utf8))
+            rcpt = parse_recipient(address, smtputf8=bool(envelope.smtp_utf8), postmaster_domain=self.ctx.config.server.domains[0])
         except AddressError as exc:
             return self._reject(
                 server, session, "RCPT", f"{exc.code} {exc.enhanced} <{_clean(address)}>: {exc.text}", sender=txn.sender, rcpt=address
@@ -180,6 +186,8 @@ class SMTPHandler:
         """Check hops, add trace headers, make the message durable, then (only then) say 250."""
         txn = _txn(envelope)
         message: bytes = envelope.original_content or b""
+        if has_bare_newline(message):  # RFC 5321 2.3.8; Postfix's smtpd_forbid_bare_newline = reject
+            return self._reject(server, session, "DATA", f"550 5.5.2 {server.hostname} Error: bare <LF> received", sender=txn.sender)
         names = header_names(message)
         hops = policy.hops_decision(names.count(b"received"), self.ctx.config.smtp.max_hops)
         if hops:

@@ -99,6 +99,14 @@ def recipient_decision(
     return Decision(554, "5.7.1", f"<{rcpt}>: Relay access denied")
 
 
+def helo_decision(name: str | None) -> Decision | None:
+    """HELO/EHLO argument: refuse control characters (a NUL, CR, ...); RFC 5321 4.1.1.1 wants a domain or an
+    address literal there, and a name with controls would go into Received headers and logs. None: accept."""
+    if name and any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return Decision(501, "5.5.4", "Syntax: EHLO hostname (control characters are not allowed)")
+    return None
+
+
 def hops_decision(received_headers: int, max_hops: int) -> Decision | None:
     """Cut mail loops: too many Received headers means the message is going round in circles."""
     if received_headers >= max_hops:

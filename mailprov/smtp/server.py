@@ -9,7 +9,14 @@ leaves out, each at one well-defined point:
 * per-state timeouts: ``smtp.command_timeout`` between commands, ``smtp.data_timeout`` for the body;
 * line length (``smtp.max_line_length``) and per-session command length limits (aiosmtpd keeps the
   latter in a class-wide dict that every new connection resets; we make it per connection);
-* RFC 2034 enhanced status codes on every reply after EHLO, including aiosmtpd's built-in ones.
+* RFC 2034 enhanced status codes on every reply after EHLO, including aiosmtpd's built-in ones;
+* strict line endings (RFC 5321 2.3.8): a command line that ends in a bare LF is refused with
+  ``550 5.5.2 Error: bare <LF> received`` and the connection closed, as Postfix's
+  ``smtpd_forbid_bare_newline = reject`` does; the DATA side is in the handler (docs/security.md);
+* RFC 3207 4.2: STARTTLS inside TLS is refused (``554 5.5.1 Error: TLS already active``);
+* RFC 5321 4.5.3.1.10: a ``452 4.5.3 Too many recipients`` is not counted as an error (up to
+  RECIPIENT_OVERSHOOT of them, as Postfix's ``smtpd_recipient_overshoot_limit``), so the client can send
+  the rest in the next transaction of the same session.
 
 Modes: ``mx`` (STARTTLS offered, AUTH only after it, relay rules apply), ``submission`` (STARTTLS
 required before anything else, AUTH required before MAIL), ``submissions`` (implicit TLS, AUTH required).
@@ -35,6 +42,7 @@ from mailprov.config import Config, parse_hostport
 from mailprov.delivery.local import LocalCourier
 from mailprov.limits import FailureThrottle
 from mailprov.queue.store import QueueItem
+from mailprov.smtp import policy
 from mailprov.smtp.handler import SMTPHandler
 from mailprov.users import Directory
 
@@ -46,6 +54,7 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 
 IDENT = "ESMTP mailprov"
 MODES = ("mx", "submission", "submissions")
+RECIPIENT_OVERSHOOT = 1000  # 452 4.5.3 replies not counted as errors, as Postfix's smtpd_recipient_overshoot_limit
 # A plain <dot-atom@domain> path, the overwhelmingly common case, parsed without the email package.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
@@ -101,6 +110,21 @@ class SMTPContext:
     connections: Limiter  # a ConnectionLimiter, or in a worker process the master's via the channel
 
 
+class BareNewline(Exception):
+    """A command line ended in LF without CR (RFC 5321 2.3.8 allows only CRLF)."""
+
+
+class CRLFReader(asyncio.StreamReader):
+    """aiosmtpd reads command lines with ``readuntil()`` (up to LF); this refuses one that lacks its CR,
+    the ambiguity SMTP smuggling feeds on. DATA reads ``readuntil(b"\\r\\n")`` and is not affected."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if separator == b"\n" and not line.endswith(b"\r\n"):
+            raise BareNewline()
+        return line
+
+
 class Enqueuer(Protocol):
     async def enqueue(self, item: QueueItem, message: bytes) -> None: ...
 
@@ -115,8 +139,10 @@ class MailprovSMTP(SMTP):
     """aiosmtpd's SMTP protocol plus limits (see the module docstring)."""
 
     # Method tables aiosmtpd rebuilds with inspect.getmembers() for every connection (a sixth of our CPU
-    # under a connection-per-message load); built once per handler class here. test_server_init
-    # checks the result is the same as aiosmtpd's own constructor.
+    # under a connection-per-message load); built once per handler class here. aiosmtpd is pinned to the
+    # tested range in pyproject.toml, and tests/smtp/test_server_init.py fails when its constructor sets
+    # an attribute (or a value) that _fast_init does not. fast_init=False (aiosmtpd's own constructor,
+    # without the CRLF-only reader) exists for that comparison only.
     live: ClassVar[int] = 0  # open sessions in this process (a stopping worker waits for them)
     sessions: ClassVar[weakref.WeakSet[MailprovSMTP]] = weakref.WeakSet()
     _tables: ClassVar[dict[type, tuple[list[str], list[tuple[str, str, bool]], list[str]]]] = {}
@@ -141,6 +167,8 @@ class MailprovSMTP(SMTP):
         self._slot = False
         self._counted = False
         self._refusal: str | None = None
+        self._overshoot = 0
+        self._hang_up = False
 
     def _fast_init(
         self,
@@ -161,7 +189,7 @@ class MailprovSMTP(SMTP):
         self.__ident__ = ident
         self.loop = loop
         asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit), client_connected_cb=self._cb_client_connected, loop=loop
+            self, CRLFReader(loop=loop, limit=self.line_length_limit), client_connected_cb=self._cb_client_connected, loop=loop
         )
         self.event_handler = handler
         self.data_size_limit = data_size_limit
@@ -254,7 +282,33 @@ class MailprovSMTP(SMTP):
             return
         await super()._handle_client()
 
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's reply to an exception in a command; a bare LF ends the session, as Postfix does."""
+        if isinstance(error, BareNewline):
+            log.warning("bare <LF> received from [%s]: disconnecting", self.client_ip)
+            self._hang_up = True
+            return f"550 5.5.2 {self.hostname} Error: bare <LF> received"
+        return await super().handle_exception(error)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.is_tls:  # RFC 3207 4.2: a second STARTTLS (or one on port 465) is refused
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def _helo_refused(self, hostname: str) -> bool:
+        refusal = policy.helo_decision(hostname)
+        if refusal:
+            await self.push(refusal.reply())
+        return refusal is not None
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not await self._helo_refused(hostname):
+            await super().smtp_HELO(hostname)
+
     async def smtp_EHLO(self, hostname: str) -> None:
+        if await self._helo_refused(hostname):
+            return
         self.command_size_limits.clear()  # aiosmtpd adds to these on every EHLO; start afresh each time
         self._in_ehlo = True
         try:
@@ -274,6 +328,13 @@ class MailprovSMTP(SMTP):
         else:
             code = status[:3].decode("ascii", "replace")
         await super().push(status)
+        if self._hang_up:
+            self.close()
+            return
+        if code == "452" and status[4:9] == "4.5.3":
+            self._overshoot += 1
+            if self._overshoot <= RECIPIENT_OVERSHOOT:
+                return
         if code[:1] in ("4", "5") and code not in ("421", "535") and self.transport is not None:
             self._errors += 1
             if self._errors >= self.max_errors:

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_programs
+from tests.dns import dnssec_lab as lab
 from tests.dns import zones as tz
+from tests.outbound.pki import TestCA
 from tests.peers.knot import KnotServer
+from tests.peers.unbound import UnboundServer
 
 KNOT_ADDRESS = "127.0.2.1"
 BLACKHOLE_ADDRESS = "127.0.2.3"
@@ -57,3 +60,33 @@ def blackhole() -> Iterator[tuple[str, int]]:
         yield sock.getsockname()
     finally:
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A CA and the certificate of mail.good.diag.test (its TLSA record is in the lab)."""
+    return TestCA(tmp_path_factory.mktemp("pki"), "diagnosis test CA")
+
+
+@pytest.fixture(scope="session")
+def good_cert(pki: TestCA, tmp_path_factory: pytest.TempPathFactory):
+    """The certificate our MTA serves as mail.good.diag.test (90 days); the lab publishes its TLSA record."""
+    return lab.issue_certificate(pki, "mail.good.diag.test", days=90, directory=tmp_path_factory.mktemp("good-cert"))
+
+
+@pytest.fixture(scope="session")
+def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, good_cert) -> Iterator[dict]:
+    """Knot signing the lab zones and Unbound validating from the lab's trust anchor; yields where they are."""
+    require_programs("knotd", "keymgr", "unbound")
+    from mailprov.dns.dane import tlsa_for_certificate
+
+    tlsa = f"_25._tcp.mail TLSA {tlsa_for_certificate(good_cert.cert.read_bytes())}"
+    knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa)
+    try:
+        stubs = {zone: f"{knot.address}@{knot.port}" for zone in knot.zones}
+        with UnboundServer(tmp_path_factory.mktemp("validating-unbound"), lab.UNBOUND_ADDRESS, 0, stubs, trust_anchors=anchor) as unbound:
+            anchor_file = tmp_path_factory.mktemp("anchor") / "diag.test.ds"
+            anchor_file.write_text("\n".join(anchor) + "\n")
+            yield {"resolver": f"{unbound.address}:{unbound.port}", "unbound": unbound, "knot": knot, "anchor": anchor_file}
+    finally:
+        knot.stop()

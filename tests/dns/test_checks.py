@@ -40,7 +40,7 @@ def test_good_domain_passes_every_check(reports, mode: str) -> None:
     report = reports[mode][tz.domain("good")]
     assert {c.status for c in report.checks} == {Status.PASS}, [(c.id, c.subject, c.summary) for c in report.checks if c.status != "pass"]
     ids = {c.id for c in report.checks}
-    assert ids == {"domain.exists", "mx", "mx.target", "mx.address", "ptr", "fcrdns", "spf", "dmarc", "dkim", "mta_sts", "tls_rpt"}
+    assert ids == {"domain.exists", "mx", "mx.target", "mx.address", "ptr", "fcrdns", "spf", "dmarc", "dkim", "mta_sts", "tls_rpt", "ipv6"}
     # Both addresses of the MX host get reverse DNS checks.
     assert {c.subject for c in report.checks if c.id == "fcrdns"} == {"192.0.2.10", "2001:db8::10"}
 

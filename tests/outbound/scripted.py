@@ -34,14 +34,22 @@ class Script:
 
 
 class ScriptedHandler:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, pipelining: bool = True) -> None:
         self.script = script
+        self.pipelining = pipelining
         self.received: list[Received] = []
         self.sessions: dict[int, int] = {}
         self.active = 0
         self.max_active = 0
         self.auth: list[tuple[str, str]] = []
         self.helo_names: list[str] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        """aiosmtpd reads pipelined commands but does not say so: advertise PIPELINING (RFC 2920) too."""
+        session.host_name = hostname
+        if self.pipelining:
+            responses[1:1] = ["250-PIPELINING"]
+        return responses
 
     def _session_no(self, session: Any) -> int:
         return self.sessions.setdefault(id(session), len(self.sessions) + 1)
@@ -105,8 +113,9 @@ class ScriptedPeer:
         credentials: tuple[str, str] | None = None,
         data_size_limit: int = 33554432,
         smtputf8: bool = True,
+        pipelining: bool = True,
     ) -> None:
-        self.handler = ScriptedHandler(script or Script())
+        self.handler = ScriptedHandler(script or Script(), pipelining)
         kwargs: dict[str, Any] = {"data_size_limit": data_size_limit, "ident": "scripted-peer", "enable_SMTPUTF8": smtputf8}
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=require_starttls)

@@ -30,12 +30,23 @@ START_ATTEMPTS = 100  # x 0.1 s
 class UnboundServer:
     """Unbound listening on ``address``:``port`` (UDP and TCP) for the duration of a ``with`` block."""
 
-    def __init__(self, workdir: Path, address: str, port: int, stubs: dict[str, str | list[str]], *, timeout_ms: int = 300) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        address: str,
+        port: int,
+        stubs: dict[str, str | list[str]],
+        *,
+        timeout_ms: int = 300,
+        trust_anchors: list[str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.address = address
         self.port = port or free_port(address)
         self.stubs = stubs
         self.timeout_ms = timeout_ms
+        # DS or DNSKEY records ("zone. DS 1234 13 2 ..."): with them Unbound validates DNSSEC from these anchors.
+        self.trust_anchors = list(trust_anchors or [])
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "unbound.log"
 
@@ -61,8 +72,10 @@ class UnboundServer:
             "    use-syslog: no\n"
             "    verbosity: 1\n"
             "    num-threads: 1\n"
-            '    module-config: "iterator"\n'
-            "    do-not-query-localhost: no\n"
+            f'    module-config: "{"validator iterator" if self.trust_anchors else "iterator"}"\n'
+            + "".join(f'    trust-anchor: "{anchor}"\n' for anchor in self.trust_anchors)
+            + ("    val-log-level: 2\n" if self.trust_anchors else "")
+            + "    do-not-query-localhost: no\n"
             "    access-control: 127.0.0.0/8 allow\n"
             "    qname-minimisation: no\n"
             "    harden-referral-path: no\n"

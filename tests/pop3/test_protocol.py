@@ -198,3 +198,33 @@ def test_hostile_input_never_raises(lines):
                 if isinstance(action, Reply):
                     assert action.data.endswith(b"\r\n")
                     assert action.data[:1] in (b"+", b"-")
+
+
+def test_only_protocol_errors_count_toward_the_limit():
+    """A well-behaved client asking for messages that are not there (RFC 1939 5: "-ERR no such message")
+    is not hung up on: only protocol errors (unknown commands, bad syntax) count, as in Dovecot."""
+    s, _ = logged_in(2)
+    for _ in range(MAX_ERRORS * 3):
+        for line in (b"RETR 9", b"LIST 3", b"UIDL 7", b"TOP 5 0", b"DELE 4"):
+            assert text(s.feed(line)).startswith("-ERR no such message")
+    s.feed(b"DELE 1")
+    for _ in range(MAX_ERRORS * 3):
+        assert text(s.feed(b"RETR 1")) == "-ERR message 1 is deleted\r\n"
+    assert s.state is State.TRANSACTION
+    assert text(s.feed(b"STAT")).startswith("+OK")
+    for _ in range(MAX_ERRORS - 1):
+        assert not any(isinstance(a, Close) for a in s.feed(b"RETR x"))  # bad syntax: counted
+    actions = s.feed(b"BOGUS")
+    assert isinstance(actions[-1], Close) and s.state is State.DONE
+
+
+def test_refusals_before_login_do_not_count():
+    """Asking for a password without TLS, or cancelling AUTH, is refused but is not a protocol error."""
+    s = session()
+    for _ in range(MAX_ERRORS * 2):
+        assert text(s.feed(b"USER john")).startswith("-ERR [AUTH]")
+    trusted = session(plaintext_ok=True)
+    for _ in range(MAX_ERRORS * 2):
+        assert text(trusted.feed(b"AUTH PLAIN")) == "+ \r\n"
+        assert text(trusted.feed(b"*")) == "-ERR authentication cancelled\r\n"
+    assert s.state is State.AUTHORIZATION and trusted.state is State.AUTHORIZATION

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailprov.smtp.address import AddressError, parse_address, parse_sender
+from mailprov.smtp.address import AddressError, parse_address, parse_recipient, parse_sender
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,16 @@ def test_parser_never_raises_anything_but_address_error(text):
         return
     # Whatever parses has exactly one @ outside the local part and no routing characters.
     assert "%" not in addr.local and "!" not in addr.local and "@" not in addr.local
+
+
+@pytest.mark.parametrize("text", ["postmaster", "Postmaster", "POSTMASTER", "pOsTmAsTeR"])
+def test_postmaster_without_domain_is_the_local_postmaster(text):
+    """RFC 5321 4.5.1 and 4.1.1.3: ``<Postmaster>`` without a domain, case-insensitive."""
+    assert str(parse_recipient(text, postmaster_domain="Beta.Test")) == "postmaster@beta.test"
+
+
+def test_parse_recipient_is_strict_otherwise():
+    assert str(parse_recipient("John@Beta.Test", postmaster_domain="beta.test")) == "John@beta.test"
+    for text in ("john", "postmaster2", "webmaster"):
+        with pytest.raises(AddressError):
+            parse_recipient(text, postmaster_domain="beta.test")

@@ -7,7 +7,7 @@ from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.queue.runner import retry_delay
 from mailprov.smtp import policy
 from mailprov.smtp.address import parse_address
-from mailprov.smtp.handler import header_end, header_names
+from mailprov.smtp.handler import has_bare_newline, header_end, header_names
 from mailprov.smtp.server import add_enhanced_code
 from mailprov.users import Resolution
 
@@ -134,3 +134,21 @@ def test_log_lines_have_the_shape_operators_grep_for():
     assert maillog.reject_line("RCPT", "unknown[127.0.3.9]", "554 5.7.1 no", sender="a@b", rcpt="c@d").startswith(
         "NOQUEUE: reject: RCPT from unknown[127.0.3.9]: 554 5.7.1 no; from=<a@b> to=<c@d>"
     )
+
+
+def test_helo_decision_refuses_control_characters():
+    """RFC 5321 4.1.1.1: a domain or an address literal; a NUL or CR would reach Received headers and logs."""
+    for bad in ("evil\x00.test", "a\rb", "tab\there", "del\x7f"):
+        decision = policy.helo_decision(bad)
+        assert decision is not None and decision.code == 501
+    for good in ("client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]", "localhost", None, ""):
+        assert policy.helo_decision(good) is None
+
+
+def test_bare_newline_detection():
+    """RFC 5321 2.3.8: CRLF only."""
+    assert not has_bare_newline(b"a\r\nb\r\n")
+    assert not has_bare_newline(b"")
+    assert has_bare_newline(b"a\nb\r\n")
+    assert has_bare_newline(b"a\r\n\n.\n")
+    assert not has_bare_newline(b"a\rb\r\n")  # a bare CR is not a line end, and is not refused here
