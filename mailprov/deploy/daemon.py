@@ -1,6 +1,7 @@
 """Start and stop ``mailprov serve`` as a daemon with a pid file: the service manager where systemd is not.
 
-Containers and the test machines run no systemd (Ansible reports ``ansible_service_mgr: process_api``).
+Containers and the test machines run no systemd (no ``/run/systemd/system``); the roles use this there, and
+wherever the inventory sets ``mailprov_service_manager: pidfile`` (several hosts on one machine).
 There the roles call this module on the target, with the target venv's Python::
 
     python -m mailprov.deploy.daemon start   --service smtp --config /etc/mailprov/mailprov.toml \\
