@@ -44,8 +44,3 @@ class ConfigError(UsageError):
         super().__init__(f"config key '{key}': {problem}", fix=fix)
         self.key = key
 
-
-class IncompleteError(MailprovError):
-    """The work could not be completed: the message names the server and the query or step."""
-
-    exit_code = EXIT_INCOMPLETE

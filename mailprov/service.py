@@ -18,11 +18,13 @@ from typing import Protocol
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
+from mailprov.pop3.service import POP3Service
 from mailprov.privileges import drop_privileges, prepare_directories
 from mailprov.sdnotify import notify
+from mailprov.smtp.service import SMTPService
 
 log = logging.getLogger("mailprov")
-SERVICE_NAMES = ("smtp", "pop3")
+SERVICE_NAMES = ("smtp", "pop3", "imap")
 READY_TIMEOUT = 60.0  # seconds a service may take, after binding, to be ready (SMTP: its worker processes)
 
 
@@ -39,13 +41,13 @@ def build(config: Config, names: list[str]) -> list[Service]:
     services: list[Service] = []
     for name in names:
         if name == "smtp":
-            from mailprov.smtp.service import SMTPService
-
             services.append(SMTPService(config))
         elif name == "pop3":
-            from mailprov.pop3.service import POP3Service
-
             services.append(POP3Service(config, serve_after_drop=True))
+        elif name == "imap":
+            from mailprov.imap.service import IMAPService
+
+            services.append(IMAPService(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services

@@ -43,3 +43,8 @@ def make_config(tmp_path: Path):
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path
+
+
+# The two-host Ansible deployment is built once per session and shared by tests/deploy and the deploy
+# scenario (tests/scenarios/t04_deploy_twice): declared here, above both, so there is one instance.
+from tests.deploy.fixtures import deployed, lab_peers, lab_root  # noqa: E402, F401

@@ -75,6 +75,8 @@ def listen_addresses(config: config_mod.Config, service: str) -> list[tuple[str,
     """Where the service listens, as connectable addresses (wildcards become loopback)."""
     if service == "smtp":
         values = config.smtp.listen + config.smtp.submission_listen + config.smtp.submissions_listen
+    elif service == "imap":
+        values = config.imap.listen + config.imap.tls_listen
     else:
         values = config.pop3.listen + config.pop3.tls_listen
     out = []
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints one status line."""
     parser = argparse.ArgumentParser(prog="python -m mailprov.deploy.daemon", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop", "restart", "status"))
-    parser.add_argument("--service", choices=("smtp", "pop3"), default="smtp")
+    parser.add_argument("--service", choices=("smtp", "pop3", "imap"), default="smtp")
     parser.add_argument("--config", default="/etc/mailprov/mailprov.toml")
     parser.add_argument("--pidfile", required=True, type=Path)
     parser.add_argument("--logfile", type=Path, default=Path("/var/log/mailprov/mailprov.log"))

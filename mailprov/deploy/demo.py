@@ -10,7 +10,7 @@
 4. alex@alpha.test submits a message to john@beta.test on mail.alpha.test's submission port (STARTTLS, AUTH);
 5. mail.alpha.test looks up the MX of beta.test and relays it over SMTP to mail.beta.test, whose MDA
    drops it into john's Maildir;
-6. john fetches it over POP3S.
+6. john fetches it over POP3S, and reads it over IMAPS too (his phone and his desktop).
 
 It prints each step as it happens and leaves everything running; ``mailprov demo status --json`` gives
 every endpoint, the DNS server and the users, and ``mailprov demo down`` stops and removes it all. The
@@ -19,7 +19,9 @@ demo directory is $MAILPROV_DEMO_DIR, else /tmp/mailprov-demo-UID.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import imaplib
 import json
 import os
 import poplib
@@ -38,11 +40,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailprov.deploy import daemon
+from mailprov.deploy.probe import ProbeTarget, load_certificate
 from mailprov.deploy.runner import ansible_dir, run_playbook
-from mailprov.errors import MailprovError
+from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.errors import MailprovError, UsageError
 
 DNS_ADDRESS, DNS_PORT = "127.0.6.53", 5300
-PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995}
+PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995, "imap": 2143, "imaps": 2993}
+SERVICES = ("smtp", "pop3", "imap")
 HOSTS = {
     "mail.alpha.test": {"address": "127.0.6.10", "domain": "alpha.test"},
     "mail.beta.test": {"address": "127.0.6.20", "domain": "beta.test"},
@@ -81,7 +86,7 @@ def state(base: Path | None = None) -> dict:
             "config": str(prefix / "etc" / "mailprov" / "mailprov.toml"),
             "certificate": str(prefix / "etc" / "mailprov" / "tls" / f"{name}.crt"),
             "maildir_root": str(prefix / "var" / "mail" / "mailprov"),
-            "logs": {svc: str(prefix / "var" / "log" / "mailprov" / f"{svc}.log") for svc in ("smtp", "pop3")},
+            "logs": {svc: str(prefix / "var" / "log" / "mailprov" / f"{svc}.log") for svc in SERVICES},
         }
     zones = sorted(str(p) for p in (ansible_dir() / "examples" / "zones").glob("*.zone"))
     return {
@@ -96,7 +101,7 @@ def state(base: Path | None = None) -> dict:
 def _pidfiles(base: Path) -> dict[str, Path]:
     files = {"dns": base / "dns.pid"}
     for name in HOSTS:
-        for svc in ("smtp", "pop3"):
+        for svc in SERVICES:
             files[f"{name}/{svc}"] = base / name / "run" / "mailprov" / f"{svc}.pid"
     return files
 
@@ -165,10 +170,6 @@ def _start_dns(base: Path, echo: Echo) -> None:
 
 
 def _check_dns(echo: Echo) -> None:
-    import asyncio
-
-    from mailprov.dns.checker import CheckOptions, check_domains
-
     for name, info in HOSTS.items():
         options = CheckOptions(host=name, ips=[info["address"]], resolvers=[(DNS_ADDRESS, DNS_PORT)], timeout=3)
         report = asyncio.run(check_domains([info["domain"]], options))
@@ -268,6 +269,7 @@ def _story(base: Path, echo: Echo) -> None:
             echo(f"      Subject: {parsed['Subject']}")
             for received in parsed.get_all("Received") or []:
                 echo(f"      Received: {' '.join(received.split())[:150]}")
+            _read_over_imap(beta["address"], john, token, echo)
             return
         if time.monotonic() > deadline:
             raise MailprovError(
@@ -310,6 +312,25 @@ def _fetch(address: str, user: str, password: str, token: str) -> bytes | None:
     finally:
         with contextlib.suppress(Exception):
             pop.quit()
+
+
+def _read_over_imap(address: str, user: dict, token: str, echo: Echo) -> None:
+    """The same message read over IMAPS, as a mail program would (BODY.PEEK: it stays unread)."""
+    echo(f"      john@beta.test reads it over IMAPS too: mail.beta.test {address}:{PORTS['imaps']}")
+    client = imaplib.IMAP4_SSL(address, PORTS["imaps"], ssl_context=_tls(), timeout=30)
+    try:
+        client.login(user["address"], user["password"])
+        exists = client.select("INBOX")[1][0].decode()
+        _status, data = client.uid("SEARCH", "HEADER", "Message-ID", f"<{token}@alpha.test>")
+        uids = data[0].split() if data and data[0] else []
+        if not uids:
+            raise MailprovError(f"message {token} is not in john's INBOX over IMAP", fix=f"see {address}'s imap.log")
+        _status, fetched = client.uid("FETCH", uids[-1].decode(), "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        subject = next(part[1] for part in fetched if isinstance(part, tuple)).decode().strip()
+        echo(f"      IMAPS login ok; INBOX has {exists} message(s); UID {uids[-1].decode()}: {subject}")
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
 
 
 def up(echo: Echo) -> dict:
@@ -370,11 +391,8 @@ def down(echo: Echo) -> None:
     echo(f"removed {base}")
 
 
-def probe_target(hostname: str):  # type: ignore[no-untyped-def]
+def probe_target(hostname: str) -> ProbeTarget:
     """A :class:`~mailprov.deploy.probe.ProbeTarget` for one host of the running demo (``mailprov probe --demo``)."""
-    from mailprov.deploy.probe import ProbeTarget, load_certificate
-    from mailprov.errors import UsageError
-
     if hostname not in HOSTS:
         raise UsageError(f"{hostname} is not a demo host", fix=f"use one of {', '.join(HOSTS)}")
     info = state()
@@ -383,6 +401,7 @@ def probe_target(hostname: str):  # type: ignore[no-untyped-def]
     target = ProbeTarget(hostname=hostname, address=host["address"], resolvers=[(DNS_ADDRESS, DNS_PORT)], source_address="127.0.6.99")
     target.smtp_port, target.submission_port, target.submissions_port = PORTS["smtp"], PORTS["submission"], PORTS["submissions"]
     target.pop3_port, target.pop3s_port = PORTS["pop3"], PORTS["pop3s"]
+    target.imap_port, target.imaps_port = PORTS["imap"], PORTS["imaps"]
     target.user, target.password = user["address"], user["password"]
     with contextlib.suppress(OSError, UsageError):
         target.expect_cert_der = load_certificate(Path(host["certificate"]).read_text(), host["certificate"])

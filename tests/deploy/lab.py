@@ -21,7 +21,7 @@ SSHD_ADDRESS, SSHD_PORT = "127.0.6.2", 2622
 DNS_ADDRESS, DNS_PORT = "127.0.6.53", 3553
 BROKEN_DNS_ADDRESS = "127.0.6.54"
 # Ports away from the demo's (2525, ...) so a running demo does not disturb the tests.
-PORTS = {"smtp": 3025, "submission": 3587, "submissions": 3465, "pop3": 3110, "pop3s": 3995}
+PORTS = {"smtp": 3025, "submission": 3587, "submissions": 3465, "pop3": 3110, "pop3s": 3995, "imap": 3143, "imaps": 3993}
 PROBE_SOURCE = "127.0.6.99"  # outside every trusted network: relay must be refused from here
 
 
@@ -101,6 +101,9 @@ def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost],
         "mailprov_pop3_listen": ["{{ lab_address }}:" + str(PORTS["pop3"])],
         "mailprov_pop3_tls_listen": ["{{ lab_address }}:" + str(PORTS["pop3s"])],
         "mailprov_pop3_auth_failure_delay": 0.1,
+        "mailprov_imap_listen": ["{{ lab_address }}:" + str(PORTS["imap"])],
+        "mailprov_imap_tls_listen": ["{{ lab_address }}:" + str(PORTS["imaps"])],
+        "mailprov_imap_auth_failure_delay": 0.1,
         "mailprov_preflight_resolvers": [dns],
         "mailprov_preflight_addresses": ["{{ lab_address }}"],
         "mailprov_probe_resolvers": [dns],
@@ -135,7 +138,7 @@ def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost],
 def stop_services(hosts: list[LabHost]) -> None:
     """Stop every service a deployment started (the process manager's pid files under each prefix)."""
     for host in hosts:
-        for service in ("smtp", "pop3"):
+        for service in ("smtp", "pop3", "imap"):
             pidfile = host.prefix / "run" / "mailprov" / f"{service}.pid"
             if pidfile.exists():
                 subprocess.run(

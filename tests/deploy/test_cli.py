@@ -51,10 +51,14 @@ def test_probe_of_a_host_with_nothing_listening_fails_naming_each_port() -> None
         "3904",
         "--pop3s-port",
         "3905",
+        "--imap-port",
+        "3906",
+        "--imaps-port",
+        "3907",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert result.output.count("FAIL  probe.port") == 5
+    assert result.output.count("FAIL  probe.port") == 7
     assert "Traceback" not in result.output
 
 

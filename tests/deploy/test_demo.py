@@ -1,7 +1,7 @@
 """The embedded default end to end: ``mailprov demo up --json`` tells the story, ``status --json`` gives
 every endpoint while it runs, ``probe --demo`` passes, and ``demo down`` leaves nothing running.
 
-Uses the demo's fixed addresses (127.0.6.10/20/53) and ports (2525, 2587, 2465, 2110, 2995, 5300): a demo
+Uses the demo's fixed addresses (127.0.6.10/20/53) and ports (2525, 2587, 2465, 2110, 2995, 2143, 2993, 5300): a demo
 started by hand on this machine must be stopped first (``mailprov demo down``).
 """
 
@@ -49,6 +49,7 @@ def test_demo_up_status_probe_down(demo_root: Path) -> None:
     try:
         up = _mailprov("demo", "up", env=env)
         assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
+        assert "reads it over IMAPS too" in up.stdout and "IMAPS login ok" in up.stdout, up.stdout[-2000:]
         story = _mailprov("demo", "status", env=env)
         assert story.returncode == 0
         status = json.loads(_mailprov("demo", "status", "--json", env=env).stdout)
@@ -58,11 +59,14 @@ def test_demo_up_status_probe_down(demo_root: Path) -> None:
         for name, address in (("mail.alpha.test", "127.0.6.10"), ("mail.beta.test", "127.0.6.20")):
             host = status["hosts"][name]
             assert host["address"] == address
-            for service in ("smtp", "submission", "submissions", "pop3", "pop3s"):
+            for service in ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"):
                 assert _listening(host[service]["host"], host[service]["port"]), (name, service)
         probe = _mailprov("probe", "mail.beta.test", "--demo", "--format", "json", env=env)
         assert probe.returncode == 0, probe.stdout
-        assert json.loads(probe.stdout)["verdict"] == "pass"
+        report = json.loads(probe.stdout)
+        assert report["verdict"] == "pass"
+        imap_checks = [c for d in report["domains"] for c in d["checks"] if c["id"] == "probe.imap"]
+        assert len(imap_checks) == 2 and all(c["status"] == "pass" for c in imap_checks), imap_checks  # capabilities, round trip
     finally:
         down = _mailprov("demo", "down", env=env)
     assert down.returncode == 0, down.stderr

@@ -83,7 +83,13 @@ class MailprovTree:
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="mailprov-test-", dir="/tmp"))
         root.chmod(0o755)
-        ports = {"smtp": free_port(ip), "submission": free_port(ip), "submissions": free_port(ip)}
+        ports = {
+            "smtp": free_port(ip),
+            "submission": free_port(ip),
+            "submissions": free_port(ip),
+            "imap": free_port(ip),
+            "imaps": free_port(ip),
+        }
         data: dict[str, dict[str, Any]] = {
             "server": {"hostname": hostname, "domains": list(domains), "user": RUN_USER, "log_level": "info"},
             "paths": {
@@ -102,6 +108,7 @@ class MailprovTree:
             },
             "queue": {"scan_interval": 0.5},
             "pop3": {"listen": [f"{ip}:{free_port(ip)}"], "tls_listen": [f"{ip}:{free_port(ip)}"]},
+            "imap": {"listen": [f"{ip}:{ports['imap']}"], "tls_listen": [f"{ip}:{ports['imaps']}"]},
         }
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)
@@ -194,9 +201,11 @@ class MailprovProcess:
         return self.proc.returncode
 
 
-def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False) -> None:
-    """Poll until ``host:port`` answers with a 220 banner (bounded by ``deadline``); for an implicit-TLS
-    port (``tls``) a completed TLS handshake is the proof."""
+def wait_for_banner(
+    host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False, greeting: bytes = b"220"
+) -> None:
+    """Poll until ``host:port`` answers with a banner starting with ``greeting`` (SMTP's 220 by default,
+    bounded by ``deadline``); for an implicit-TLS port (``tls``) a completed TLS handshake is the proof."""
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -210,13 +219,13 @@ def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Pope
                     with context.wrap_socket(s, server_hostname=host):
                         return
                 banner = s.recv(512)
-                if banner.startswith(b"220"):
+                if banner.startswith(greeting):
                     return
                 last = RuntimeError(f"unexpected banner {banner!r}")
         except OSError as exc:
             last = exc
         time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not answer 220 in time: {last}")
+    raise TimeoutError(f"{host}:{port} did not answer {greeting!r} in time: {last}")
 
 
 def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 30.0, env: dict[str, str] | None = None) -> MailprovProcess:
@@ -242,6 +251,10 @@ def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 
             for address in config.smtp.submissions_listen:
                 host, port = config_mod.parse_hostport(address, key="smtp")
                 wait_for_banner(host, port, deadline, proc, tls=True)
+        if services in ("imap", "all"):
+            for address in config.imap.listen:
+                host, port = config_mod.parse_hostport(address, key="imap")
+                wait_for_banner(host, port, deadline, proc, greeting=b"* OK")
     except BaseException as exc:
         server.stop()
         raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None

@@ -1,5 +1,8 @@
 """Fixtures of the deployment tests: a real sshd, Knot, and one two-host deployment shared by the session.
 
+Declared in tests/conftest.py (imported there), so that tests/deploy and the deploy scenario
+(tests/scenarios/t04_deploy_twice) share one instance instead of deploying twice per session.
+
 ``lab`` starts the peers; ``deployed`` runs ``mailprov deploy`` once for both hosts, then again (the
 idempotence run) and once in check mode, keeping each run's result for the tests to assert on. Teardown
 stops every mail service the deployment started, then the peers.
