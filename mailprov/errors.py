@@ -44,3 +44,9 @@ class ConfigError(UsageError):
         super().__init__(f"config key '{key}': {problem}", fix=fix)
         self.key = key
 
+
+
+class IncompleteError(MailprovError):
+    """The command could not be carried out (e.g. ``mailprov probe`` cannot resolve the host): exit 3."""
+
+    exit_code = EXIT_INCOMPLETE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import Protocol
 
@@ -19,10 +20,12 @@ from mailprov.config import Config
 from mailprov.errors import MailprovError
 from mailprov.pop3.service import POP3Service
 from mailprov.privileges import check_access, drop_privileges, preload, prepare_directories
+from mailprov.sdnotify import notify
 from mailprov.smtp.service import SMTPService
 
 log = logging.getLogger("mailprov")
 SERVICE_NAMES = ("smtp", "pop3", "imap")
+READY_TIMEOUT = 60.0  # seconds a service may take, after binding, to be ready (SMTP: its worker processes)
 
 
 class Service(Protocol):
@@ -50,8 +53,27 @@ def build(config: Config, names: list[str]) -> list[Service]:
     return services
 
 
+async def _ready(service: Service, stop: asyncio.Event) -> None:
+    """Wait until ``service`` serves: its ``ready`` event when it has one (SMTP sets it once its queue
+    runs and every worker process is ready), bounded by READY_TIMEOUT; a stop request ends the wait."""
+    event = getattr(service, "ready", None)
+    if event is None:
+        return
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if not event.is_set() and not stop.is_set():
+        raise MailprovError(f"{service.name} was not ready within {READY_TIMEOUT:.0f}s", fix="see the log lines above")
+
+
 async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None = None) -> None:
-    """Start the services, drop privileges, and run until SIGTERM or SIGINT."""
+    """Start the services, drop privileges, and run until SIGTERM or SIGINT.
+
+    Readiness is a fact: systemd (``Type=notify``) hears ``READY=1`` only once every listener is bound,
+    privileges are dropped and every service accepts clients; ``STOPPING=1`` when a signal ends it."""
     prepare_directories(config)
     check_access(config, names)  # refuse now, naming the path, rather than fail at delivery time
     preload()
@@ -71,10 +93,15 @@ async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None
             begin = getattr(service, "begin", None)
             if begin is not None:
                 await begin()
-        log.info("%s ready: %s", config.server.hostname, ", ".join(s.name for s in started))
+        for service in started:
+            await _ready(service, stop)
+        names_ready = ", ".join(s.name for s in started)
+        log.info("%s ready: %s", config.server.hostname, names_ready)
+        notify("READY=1", f"STATUS=serving {names_ready}", f"MAINPID={os.getpid()}")
         if ready:
             ready.set()
         await stop.wait()
+        notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping on signal")
     except OSError as exc:
         raise MailprovError(f"cannot start: {exc}", fix="check the listen addresses are free and allowed") from None

@@ -1,6 +1,7 @@
 """Start and stop ``mailprov serve`` as a daemon with a pid file: the service manager where systemd is not.
 
-Containers and the test machines run no systemd (Ansible reports ``ansible_service_mgr: process_api``).
+Containers and the test machines run no systemd (no ``/run/systemd/system``); the roles use this there, and
+wherever the inventory sets ``mailprov_service_manager: pidfile`` (several hosts on one machine).
 There the roles call this module on the target, with the target venv's Python::
 
     python -m mailprov.deploy.daemon start   --service smtp --config /etc/mailprov/mailprov.toml \\
@@ -11,7 +12,8 @@ There the roles call this module on the target, with the target venv's Python::
 
 ``start`` detaches the server (double fork, new session, standard output and error appended to the log
 file) and returns once every listening address of the service accepts connections, or fails with the
-tail of the log. Each command prints one line whose first word says what happened -- ``started``,
+tail of the log. A process in the pid file that is still dying (alive, not accepting) is waited for,
+never reported as running. Each command prints one line whose first word says what happened -- ``started``,
 ``running`` (already), ``stopped``, ``stopped-already`` -- so Ansible can report "changed" exactly when
 something changed. Exit status 0 on success, 1 on failure.
 """
@@ -108,12 +110,26 @@ def serve_command(service: str, config_path: str) -> list[str]:
 
 
 def start(service: str, config_path: str, pidfile: Path, logfile: Path, timeout: float) -> str:
-    """Start the service detached unless it already runs; wait until all its addresses accept."""
-    pid = running_pid(pidfile)
-    if pid:
-        return f"running pid {pid}"
+    """Start the service detached unless it already runs; wait until all its addresses accept.
+
+    "running" is reported only for a process that serves: one that is alive but does not accept on every
+    address (a master dying after SIGKILL, say) is waited for, bounded by ``timeout``, until it serves or
+    is gone -- and then a new one is started."""
     config = config_mod.load(config_path)
     addresses = listen_addresses(config, service)
+    pid = running_pid(pidfile)
+    if pid:
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            if all(_accepts(h, p) for h, p in addresses):
+                return f"running pid {pid}"
+            time.sleep(POLL)
+        if _alive(pid):
+            raise MailprovError(
+                f"pid {pid} in {pidfile} runs but does not listen on {', '.join(f'{h}:{p}' for h, p in addresses)}; "
+                f"last log lines:\n{_log_tail(logfile)}",
+                fix=f"stop it (python -m mailprov.deploy.daemon stop --pidfile {pidfile}) and start again",
+            )
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):

@@ -2,7 +2,9 @@
 
 Checks, in order, each a :class:`~mailprov.dns.model.CheckResult` with a stable id:
 
-  probe.port            every port answers (SMTP, submission, submissions, POP3, POP3S)
+  probe.port            every port answers, and the server answering is mailprov (its SMTP greeting says
+                        "ESMTP mailprov", its POP3 CAPA "IMPLEMENTATION mailprov"), not another server
+                        holding the port
   probe.ptr             the PTR of the address names the host
   probe.banner          the SMTP greeting names the host
   probe.ehlo            the EHLO reply names the host
@@ -17,7 +19,8 @@ Checks, in order, each a :class:`~mailprov.dns.model.CheckResult` with a stable 
                         (``--imap-port 0`` skips IMAP, for hosts that do not run it)
 
 Nothing here raises for a problem with the host: every problem is a result. Bad input raises
-:class:`~mailprov.errors.UsageError` before anything is probed.
+:class:`~mailprov.errors.UsageError` before anything is probed; a host name that cannot be resolved
+(through ``--resolver`` when given) raises :class:`~mailprov.errors.IncompleteError` (exit 3).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import dns.resolver
 import dns.reversename
 
 from mailprov.dns.model import CheckResult, DomainReport, Evidence, Report, Status
-from mailprov.errors import UsageError
+from mailprov.errors import IncompleteError, UsageError
 
 PROBE_HELO = "probe.mailprov.invalid"
 RELAY_SENDER = "probe@mailprov-probe.invalid"
@@ -71,14 +74,11 @@ class ProbeTarget:
     io_timeout: float = 10.0  # seconds per network operation
 
     def validate(self) -> None:
-        """Refuse bad input with a clear message."""
+        """Refuse bad input with a clear message; resolve a host name (through ``resolvers`` when given)."""
         try:
             ipaddress.ip_address(self.address)
         except ValueError:
-            try:
-                self.address = socket.getaddrinfo(self.address, None, type=socket.SOCK_STREAM)[0][4][0]
-            except OSError:
-                raise UsageError(f"cannot resolve {self.address!r}", fix="give --address IP") from None
+            self.address = resolve_address(self.address, self.resolvers, self.io_timeout)
         for name in ("smtp_port", "submission_port", "submissions_port", "pop3_port", "pop3s_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range", fix="use 1 to 65535")
@@ -91,6 +91,45 @@ class ProbeTarget:
             raise UsageError("--user needs a password", fix="pipe the password in with --password-stdin")
         if self.timeout <= 0 or self.io_timeout <= 0:
             raise UsageError("timeouts must be greater than 0")
+
+
+def make_resolver(resolvers: list[tuple[str, int]], lifetime: float) -> dns.resolver.Resolver:
+    """A resolver asking ``resolvers`` (IP, port) when given, else the system's."""
+    resolver = dns.resolver.Resolver(configure=not resolvers)
+    if resolvers:
+        resolver.nameservers = [h for h, _ in resolvers]
+        resolver.port = resolvers[0][1]
+    resolver.lifetime = lifetime
+    return resolver
+
+
+def resolve_address(name: str, resolvers: list[tuple[str, int]], lifetime: float) -> str:
+    """The first IPv4 (else IPv6) address of ``name``, asked of ``resolvers`` when given, else the system's.
+
+    Raises IncompleteError (exit 3) when it cannot: the probe could not be carried out, which is not bad usage.
+    """
+    if not resolvers:
+        try:
+            return socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+        except OSError as exc:
+            raise IncompleteError(f"cannot resolve {name!r}: {exc}", fix="check its A/AAAA record, or give --address IP") from None
+    resolver = make_resolver(resolvers, lifetime)
+    server = ", ".join(f"{h}:{p}" for h, p in resolvers)
+    problems = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            return resolver.resolve(name, rdtype)[0].to_text()
+        except dns.exception.DNSException as exc:
+            problems.append(f"{rdtype}: {exc}")
+    detail = "; ".join(problems)
+    raise IncompleteError(f"cannot resolve {name!r} through {server}: {detail}", fix="check its A/AAAA record, or give --address IP")
+
+
+def is_mailprov(service: str, greeting: str, implementation: str = "") -> bool:
+    """Whether the server that answered is mailprov: its SMTP greeting, or its POP3 CAPA IMPLEMENTATION."""
+    if service in ("smtp", "submission", "submissions"):
+        return " ESMTP mailprov" in f" {greeting}"
+    return implementation.split()[:1] == ["mailprov"]
 
 
 def load_certificate(pem: str, source: str) -> bytes:
@@ -250,9 +289,22 @@ class Prober:
         for name, port in ports.items():
             endpoint = f"{self.t.address}:{port}"
             try:
-                with socket.create_connection((self.t.address, port), timeout=self.t.io_timeout, source_address=self._source()):
-                    up[name] = True
-                self.add("probe.port", Status.PASS, f"{name} {endpoint}", "accepts connections")
+                greeting, implementation = self._identify(name, port)
+                up[name] = is_mailprov(name, greeting, implementation)
+                if up[name]:
+                    self.add("probe.port", Status.PASS, f"{name} {endpoint}", f"mailprov answers: {greeting}")
+                else:
+                    self.add(
+                        "probe.port",
+                        Status.FAIL,
+                        f"{name} {endpoint}",
+                        f"another server answers: {greeting!r}" + (f" (IMPLEMENTATION {implementation})" if implementation else ""),
+                        "stop the server holding the port (ss -ltnp shows it; e.g. exim4: set mailprov_mta_replace_resident_mta), "
+                        "then deploy again",
+                    )
+            except (smtplib.SMTPException, poplib.error_proto, ssl.SSLError) as exc:
+                up[name] = False
+                self.add("probe.port", Status.FAIL, f"{name} {endpoint}", f"no mail dialogue: {exc}", "check which server holds the port")
             except OSError as exc:
                 up[name] = False
                 self.add(
@@ -264,13 +316,26 @@ class Prober:
                 )
         return up
 
+    def _identify(self, name: str, port: int) -> tuple[str, str]:
+        """The greeting of the server on ``port`` and, for POP3, its CAPA IMPLEMENTATION value."""
+        if name in ("smtp", "submission", "submissions"):
+            with self._smtp(port, implicit_tls=name == "submissions") as smtp:
+                return smtp.banner, ""
+        pop = (_POP3S if name == "pop3s" else _POP3)(self.t.address, port, self.t.io_timeout, self.t.source_address)
+        try:
+            greeting = pop.getwelcome().decode(errors="replace")
+            try:
+                implementation = " ".join(pop.capa().get("IMPLEMENTATION", []))
+            except poplib.error_proto:
+                implementation = ""  # no CAPA: not mailprov
+            return greeting, implementation
+        finally:
+            with contextlib.suppress(Exception):
+                pop.quit()
+
     def ptr(self) -> None:
         """probe.ptr: the address's PTR names the host."""
-        resolver = dns.resolver.Resolver(configure=not self.t.resolvers)
-        if self.t.resolvers:
-            resolver.nameservers = [h for h, _ in self.t.resolvers]
-            resolver.port = self.t.resolvers[0][1]
-        resolver.lifetime = self.t.io_timeout
+        resolver = make_resolver(self.t.resolvers, self.t.io_timeout)
         qname = dns.reversename.from_address(self.t.address).to_text()
         server = ", ".join(f"{h}:{p}" for h, p in self.t.resolvers) or "system resolver"
         try:

@@ -128,6 +128,7 @@ class SMTPService:
         await self.runner.start()
         if self.pool is not None:
             await self.pool.serve(self._listeners)
+            await self.pool.wait_ready()
         else:
             for server in self.servers:
                 await server.start_serving()

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from mailprov import config as config_mod
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
+from mailprov.errors import MailprovError
 from mailprov.limits import ConnectionLimiter, FailureThrottle
 from mailprov.logsetup import setup_logging
 from mailprov.privileges import drop_privileges, preload
@@ -61,6 +62,7 @@ from mailprov.smtp.server import end_sessions, make_factory
 log = logging.getLogger("mailprov.smtp")
 MESSAGE_MAX = 512
 AUTH_ASK_TIMEOUT = 5.0  # seconds a worker waits for the master's AUTH-failure count
+READY_TIMEOUT = 60.0  # seconds for the workers to load and say they are ready
 
 
 def tls_memfd(cert: str, key: str) -> int:
@@ -87,6 +89,7 @@ class _Worker:
     channel: socket.socket
     load: int = 0
     clients: dict[str, int] = field(default_factory=dict)
+    ready: bool = False
 
 
 def auth_reply(throttle: FailureThrottle, kind: str, value: str) -> str:
@@ -119,6 +122,7 @@ class WorkerPool:
         self.workers: list[_Worker | None] = [None] * count
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._all_ready = asyncio.Event()
 
     async def spawn(self) -> None:
         """Start the workers (before the privilege drop: each drops to ``server.user`` itself once it has
@@ -132,6 +136,14 @@ class WorkerPool:
         for mode, sock in listeners:
             sock.setblocking(False)
             self._tasks.append(loop.create_task(self._accept(mode, sock), name=f"smtp-accept-{mode}"))
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every worker has said it is ready (loaded, privileges dropped, reading its channel)."""
+        try:
+            await asyncio.wait_for(self._all_ready.wait(), timeout)
+        except TimeoutError:
+            waiting = ", ".join(str(i) for i, w in enumerate(self.workers) if w is None or not w.ready)
+            raise MailprovError(f"SMTP workers {waiting} were not ready within {timeout:.0f}s", fix="see the log lines above") from None
 
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -170,6 +182,10 @@ class WorkerPool:
                 self.notify(value)
             elif kind == "C":
                 self._release(worker, value)
+            elif kind == "R":
+                worker.ready = True
+                if all(w is not None and w.ready for w in self.workers):
+                    self._all_ready.set()
             elif kind in ("B", "F"):
                 self._answer_auth(worker, kind, value)
 
@@ -396,6 +412,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
             ctx.connections.release(client)
 
     loop.add_reader(channel_fd, on_message)
+    channel.send(b"R")  # ready: the master counts the service ready once every worker said so
     await done.wait()
     with contextlib.suppress(ValueError, OSError):
         loop.remove_reader(channel_fd)

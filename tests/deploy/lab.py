@@ -99,6 +99,8 @@ def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost],
         "mailprov_base_venv_site_dirs": [sysconfig.get_paths()["purelib"]],
         "mailprov_base_wheel": wheel,
         "mailprov_base_service_timeout": 60,
+        # Two hosts on one machine under prefixes: pid files, also where systemd runs (unit names would clash).
+        "mailprov_service_manager": "pidfile",
         "mailprov_mta_listen": ["{{ lab_address }}:" + str(PORTS["smtp"])],
         "mailprov_mta_submission_listen": ["{{ lab_address }}:" + str(PORTS["submission"])],
         "mailprov_mta_submissions_listen": ["{{ lab_address }}:" + str(PORTS["submissions"])],

@@ -10,6 +10,7 @@ import getpass
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -98,3 +99,16 @@ def test_a_stale_pid_file_is_not_trusted(tree: Path) -> None:
     assert daemon("status", "--pidfile", str(tree / "pop3.pid")).returncode == 3
     started = _start(tree)
     assert started.returncode == 0 and started.stdout.startswith("started pid "), started.stderr
+
+
+def test_start_right_after_a_sigkill_starts_a_new_server(tree: Path) -> None:
+    """The issue's case: after SIGKILL, start answered "running" for the dying master and nothing listened."""
+    first = _start(tree)
+    assert first.returncode == 0, first.stderr
+    old = int(first.stdout.split()[-1])
+    os.kill(old, signal.SIGKILL)
+    again = _start(tree)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("started pid ") and int(again.stdout.split()[-1]) != old, again.stdout
+    for port in (3110, 3995):
+        socket.create_connection((ADDRESS, port), timeout=10).close()
