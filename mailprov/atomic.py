@@ -22,9 +22,12 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def durable_create(tmp: str | os.PathLike[str], final: str | os.PathLike[str], *chunks: bytes, mode: int = 0o600) -> None:
+def durable_create(
+    tmp: str | os.PathLike[str], final: str | os.PathLike[str], *chunks: bytes, mode: int = 0o600, mtime: float | None = None
+) -> None:
     """Write a new file durably except for its directory entry: create ``tmp`` exclusively (``mode``,
-    less the umask), write ``chunks``, fsync, rename to ``final``. On any error ``tmp`` is removed and the
+    less the umask), write ``chunks``, set its modification time to ``mtime`` if given (IMAP's internal
+    date), fsync, rename to ``final``. On any error ``tmp`` is removed and the
     error raised. The caller fsyncs ``final``'s directory before acknowledging anything, so that several
     renames (Maildir deliveries, queue files) can share one directory fsync."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -34,6 +37,8 @@ def durable_create(tmp: str | os.PathLike[str], final: str | os.PathLike[str], *
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
             os.fsync(fd)
         finally:
             os.close(fd)

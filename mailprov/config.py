@@ -298,12 +298,46 @@ class ACMEConfig:
 
 
 @dataclass
+class IMAPConfig:
+    listen: list[str] = doc("Addresses for IMAP with STARTTLS (RFC 3501; LOGINDISABLED before TLS).", ["0.0.0.0:143"])
+    tls_listen: list[str] = doc("Addresses for IMAP over implicit TLS (port 993, RFC 8314).", ["0.0.0.0:993"])
+    plaintext_networks: list[str] = doc("Networks allowed to send a password without TLS (keep empty on the internet).", [])
+    idle_timeout: int = doc("Seconds of silence before a session is closed (RFC 3501 5.4: at least 1800).", 1800)
+    idle_command_timeout: int = doc("Seconds an IDLE command may last before the session is closed (clients renew every 29 min).", 3600)
+    max_connections: int = doc("Concurrent IMAP connections in total.", 2000)
+    max_connections_per_client: int = doc("Concurrent IMAP connections from one client address.", 20)
+    auth_failure_delay: float = doc("Seconds added to each failed login reply, growing per failure from that client.", 1.0)
+    max_auth_failures: int = doc("Failed logins from one client before it is disconnected.", 5)
+    append_limit: int = doc("Largest message APPEND accepts, in octets (advertised as APPENDLIMIT).", 50 * 1024 * 1024)
+
+    def validate(self) -> None:
+        for name in ("listen", "tls_listen"):
+            for i, value in enumerate(getattr(self, name)):
+                parse_hostport(value, key=f"imap.{name}[{i}]")
+        self.plaintext_networks = _check_networks(self.plaintext_networks, "imap.plaintext_networks")
+        _check_positive(
+            self,
+            "imap",
+            "idle_timeout",
+            "idle_command_timeout",
+            "max_connections",
+            "max_connections_per_client",
+            "max_auth_failures",
+            "append_limit",
+        )
+        if self.idle_timeout < 1800:
+            raise ConfigError(
+                "imap.idle_timeout", f"{self.idle_timeout} is below 1800", "RFC 3501 5.4 requires at least 30 minutes: use 1800 or more"
+            )
+
+
+@dataclass
 class Config:
     """The whole configuration: one attribute per TOML table."""
 
     server: ServerConfig
     paths: PathsConfig = doc("File system locations.", dataclasses.MISSING, default_factory=PathsConfig)
-    tls: TLSConfig = doc("TLS certificate for STARTTLS, SMTPS and POP3S.", dataclasses.MISSING, default_factory=TLSConfig)
+    tls: TLSConfig = doc("TLS certificate for STARTTLS, SMTPS, POP3S and IMAPS.", dataclasses.MISSING, default_factory=TLSConfig)
     smtp: SMTPConfig = doc("Receiving and submission.", dataclasses.MISSING, default_factory=SMTPConfig)
     queue: QueueConfig = doc("Queue scheduling and retries.", dataclasses.MISSING, default_factory=QueueConfig)
     outbound: OutboundConfig = doc("Delivery to other domains.", dataclasses.MISSING, default_factory=OutboundConfig)
@@ -311,6 +345,7 @@ class Config:
     acme: ACMEConfig = doc(
         "Certificates from an ACME CA (mailprov cert), installed at tls.cert and tls.key.", dataclasses.MISSING, default_factory=ACMEConfig
     )
+    imap: IMAPConfig = doc("The IMAP server.", dataclasses.MISSING, default_factory=IMAPConfig)
 
     source: str = field(default="<memory>", metadata={"internal": True})
 

@@ -45,7 +45,8 @@ class ConfigError(UsageError):
         self.key = key
 
 
+
 class IncompleteError(MailprovError):
-    """The work could not be completed: the message names the server and the query or step."""
+    """The command could not be carried out (e.g. ``mailprov probe`` cannot resolve the host): exit 3."""
 
     exit_code = EXIT_INCOMPLETE

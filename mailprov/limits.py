@@ -6,14 +6,21 @@
   ``window`` seconds after its last failure, or at its next successful login. At most
   :data:`MAX_TRACKED` addresses are remembered (the oldest forgotten first), so a distributed attack
   cannot grow memory without bound.
+* :class:`AuthThrottle`: the asynchronous face of a FailureThrottle the SMTP handler uses, so that
+  the counts can live in another process: :class:`LocalAuthThrottle` counts in this one (the
+  single-process server, and the master of SMTP worker processes); a worker asks its master over its
+  channel (mailprov.smtp.workers), so N workers still allow ``max_failures`` in all, not N times it.
 * :class:`ConnectionLimiter`: concurrent connections in total and per client address.
+* :func:`client_in`: whether a client address is in a list of networks (``plaintext_networks``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 MAX_DELAY = 30.0  # seconds: the longest a failed login is held back
 WINDOW = 900.0  # seconds after the last failure before a client's count is forgotten
@@ -65,6 +72,34 @@ class FailureThrottle:
         self._failures.pop(client, None)
 
 
+class AuthThrottle(Protocol):
+    """Failed-login counting as the SMTP handler sees it (the counts may live in another process)."""
+
+    async def blocked(self, client: str) -> bool:
+        """Whether ``client`` has used up its attempts."""
+        ...
+
+    async def fail(self, client: str) -> tuple[float, int]:
+        """Record a failure; returns the delay before answering it and the client's failures so far."""
+        ...
+
+
+class LocalAuthThrottle:
+    """An :class:`AuthThrottle` over a :class:`FailureThrottle` held in this process."""
+
+    def __init__(self, throttle: FailureThrottle) -> None:
+        self.throttle = throttle
+
+    async def blocked(self, client: str) -> bool:
+        """Whether ``client`` has used up its attempts."""
+        return self.throttle.blocked(client)
+
+    async def fail(self, client: str) -> tuple[float, int]:
+        """Record a failure; returns the delay before answering it and the client's failures so far."""
+        delay = self.throttle.fail(client)
+        return delay, self.throttle.failures(client)
+
+
 class ConnectionLimiter:
     """Concurrent connections in total and per client address."""
 
@@ -92,3 +127,15 @@ class ConnectionLimiter:
             self._per[client] = left
         else:
             self._per.pop(client, None)
+
+
+def client_in(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the address ``client`` (IPv4-mapped IPv6 counts as IPv4; a zone index is ignored) lies in
+    one of ``networks``; False for anything that is not an address."""
+    try:
+        addr = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)

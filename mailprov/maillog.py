@@ -39,12 +39,6 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.2f}" if seconds >= 0.01 else ("0" if seconds < 0.0005 else f"{seconds:.3f}")
 
 
-def client_line(queue_id: str, client: str, sasl_username: str = "") -> str:
-    """``QID: client=HOST[ADDR]`` with the authenticated user, if any."""
-    line = f"{queue_id}: client={_clean(client)}"
-    return line + (f", sasl_username={_clean(sasl_username)}" if sasl_username else "")
-
-
 def queued_line(
     queue_id: str, sender: str, size: int, nrcpt: int, where: str = "queued", *, client: str = "", sasl_username: str = ""
 ) -> str:

@@ -18,12 +18,14 @@ from typing import Protocol
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
-from mailprov.privileges import drop_privileges, prepare_directories
+from mailprov.pop3.service import POP3Service
+from mailprov.privileges import check_access, drop_privileges, preload, prepare_directories
 from mailprov.sdnotify import notify
+from mailprov.smtp.service import SMTPService
 from mailprov.tls import start_reloading
 
 log = logging.getLogger("mailprov")
-SERVICE_NAMES = ("smtp", "pop3")
+SERVICE_NAMES = ("smtp", "pop3", "imap")
 READY_TIMEOUT = 60.0  # seconds a service may take, after binding, to be ready (SMTP: its worker processes)
 
 
@@ -40,13 +42,13 @@ def build(config: Config, names: list[str]) -> list[Service]:
     services: list[Service] = []
     for name in names:
         if name == "smtp":
-            from mailprov.smtp.service import SMTPService
-
             services.append(SMTPService(config))
         elif name == "pop3":
-            from mailprov.pop3.service import POP3Service
-
             services.append(POP3Service(config, serve_after_drop=True))
+        elif name == "imap":
+            from mailprov.imap.service import IMAPService
+
+            services.append(IMAPService(config, serve_after_drop=True))
         else:  # guarded by the CLI
             raise MailprovError(f"unknown service {name!r}")
     return services
@@ -74,6 +76,8 @@ async def serve(config: Config, names: list[str], *, ready: asyncio.Event | None
     Readiness is a fact: systemd (``Type=notify``) hears ``READY=1`` only once every listener is bound,
     privileges are dropped and every service accepts clients; ``STOPPING=1`` when a signal ends it."""
     prepare_directories(config)
+    check_access(config, names)  # refuse now, naming the path, rather than fail at delivery time
+    preload()
     services = build(config, names)
     started: list[Service] = []
     stop = asyncio.Event()

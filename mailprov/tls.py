@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from mailprov.atomic import atomic_write
 from mailprov.config import Config
+from mailprov.errors import ConfigError
 
 log = logging.getLogger("mailprov.tls")
 
@@ -72,8 +73,6 @@ def server_context(config: Config) -> ssl.SSLContext:
     try:
         context.load_cert_chain(os.fspath(cert), os.fspath(key))
     except (OSError, ssl.SSLError) as exc:
-        from mailprov.errors import ConfigError
-
         raise ConfigError("tls.cert", f"cannot load {cert} / {key}: {exc}", "point tls.cert and tls.key at a readable PEM pair") from None
     return watch(config, context)
 

@@ -58,6 +58,8 @@ def probe(
     submissions_port: Annotated[int, typer.Option("--submissions-port")] = 465,
     pop3_port: Annotated[int, typer.Option("--pop3-port")] = 110,
     pop3s_port: Annotated[int, typer.Option("--pop3s-port")] = 995,
+    imap_port: Annotated[int, typer.Option("--imap-port", help="IMAP (STARTTLS) port; 0 skips the IMAP checks.")] = 143,
+    imaps_port: Annotated[int, typer.Option("--imaps-port")] = 993,
     resolver: Annotated[list[str] | None, typer.Option("--resolver", help="Resolver IP[:PORT] for the PTR check (repeatable).")] = None,
     expect_cert: Annotated[
         Path | None, typer.Option("--expect-cert", help="PEM certificate the host must serve (the deployed one).")
@@ -82,6 +84,7 @@ def probe(
     target = ProbeTarget(hostname=host.rstrip(".").lower(), address=address or host)
     target.smtp_port, target.submission_port, target.submissions_port = smtp_port, submission_port, submissions_port
     target.pop3_port, target.pop3s_port = pop3_port, pop3s_port
+    target.imap_port, target.imaps_port = imap_port, imaps_port
     if demo:
         from mailprov.deploy.demo import probe_target
 

@@ -6,7 +6,7 @@ running server notices within ``queue.scan_interval`` seconds.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
@@ -33,25 +33,21 @@ def list_(
     with its last reply."""
     found = admin.entries(_store(config))
     if as_json:
-        rows = [
-            {
-                "id": e.item.id,
-                "state": e.state,
-                "sender": e.item.sender,
-                "size": e.item.size,
-                "arrival": e.item.arrival,
-                "attempts": e.item.attempts,
-                "next_attempt": e.item.next_attempt,
-                "recipients": [
-                    {k: getattr(r, k) for k in ("address", "original", "status", "attempts", "code", "enhanced", "reply", "relay")}
-                    for r in e.item.recipients
-                ],
-            }
-            for e in found
-        ]
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(admin.format_list(found))
+        _stream(admin.json_lines(found), end="")
+        typer.echo()
+    else:
+        _stream(admin.list_lines(found))
+
+
+def _stream(lines: Iterable[str], *, end: str = "\n", batch: int = 1000) -> None:
+    """Print as the lines come (a queue of any size in bounded memory), a batch per write."""
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line + end)
+        if len(chunk) >= batch:
+            typer.echo("".join(chunk), nl=False)
+            chunk.clear()
+    typer.echo("".join(chunk), nl=False)
 
 
 @app.command()

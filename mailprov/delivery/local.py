@@ -7,36 +7,25 @@ into ``MAILBOX/new/NAME`` and fsyncs ``new/`` (grouped with other deliveries int
 other I/O error is a TEMPORARY result (the queue retries); it never drops a message. A mailbox whose user
 was deleted after the message was accepted is a PERMANENT failure (5.1.1; the queue bounces it).
 
-File names follow the Maildir convention ``SECONDS.M<usec>P<pid>Q<n>.HOST,S=<size>``; ``S=`` is the
-file's size so POP3 can answer LIST without a stat. Files are mode 0600, directories 0700.
+Names, sizes, the tmp->new move and the clean-up of crash leftovers in ``tmp/`` are the one Maildir
+module's (:mod:`mailprov.maildir`): file names are Dovecot's ``SECONDS.M<usec>P<pid>Q<n>.HOST,S=<size>,W=<crlf
+size>``, so POP3 and IMAP report sizes without reading the file. Files are mode 0600, directories 0700.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import itertools
-import os
-import time
 from pathlib import Path
 
-from mailprov.atomic import durable_create, fsync_dir
+from mailprov import maildir as md
 from mailprov.config import Config
 from mailprov.delivery.base import Envelope, Result
 from mailprov.errors import UsageError
-from mailprov.maildir import maildir_path
 from mailprov.queue.diskio import DiskIO
 from mailprov.users import Directory, normalize, strip_subaddress
 
 RELAY = "local"
-STALE_TMP = 36 * 3600  # seconds after which a file in tmp/ is a crash leftover
-_counter = itertools.count()
-
-
-def _maildir_host(hostname: str) -> str:
-    # '/' and ':' are not allowed in Maildir names (':' starts the info suffix).
-    return hostname.replace("/", "\\057").replace(":", "\\072")
 
 
 def delivery_headers(sender: str, mailbox: str) -> bytes:
@@ -53,51 +42,25 @@ class LocalCourier:
         self.mail_dir = Path(config.paths.mail_dir)
         self.io = io or DiskIO()
         self._own_io = io is None
-        self._host = _maildir_host(config.server.hostname)
+        self._host = md.maildir_host(config.server.hostname)
         self._ready: set[Path] = set()  # mailboxes whose tmp/new/cur exist
 
     def _ensure_maildir(self, box: Path) -> None:
         if box in self._ready:
             return
-        created = False
-        for sub in ("tmp", "new", "cur"):
-            path = box / sub
-            if not path.is_dir():
-                path.mkdir(parents=True, exist_ok=True, mode=0o700)
-                created = True
-        if created:
-            # New directories must survive a crash too, or a renamed-in message could vanish with them.
-            for path in (box.parent.parent, box.parent, box):
-                with contextlib.suppress(OSError):
-                    fsync_dir(path)
-        else:
-            self._clean_tmp(box / "tmp")
+        if not md.ensure_maildir(box):
+            md.clean_tmp(box)
         self._ready.add(box)
-
-    @staticmethod
-    def _clean_tmp(tmp: Path) -> None:
-        """Remove files left in ``tmp/`` by a crash mid-write (never acknowledged, never visible) once
-        they are older than STALE_TMP, as the Maildir convention says (36 hours)."""
-        now = time.time()
-        with contextlib.suppress(OSError), os.scandir(tmp) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP:
-                        os.unlink(entry.path)
 
     def _write(self, box: Path, data: bytes) -> Path:
         """Blocking: write into tmp/, fsync, rename into new/. Returns the new file's path."""
         self._ensure_maildir(box)
-        now = time.time()
-        name = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{next(_counter)}.{self._host},S={len(data)}"
-        tmp, final = box / "tmp" / name, box / "new" / name
         try:
-            durable_create(tmp, final, data)
+            return md.deliver_file(box, data, self._host)
         except FileNotFoundError:
             self._ready.discard(box)  # removed behind our back: create it again
             self._ensure_maildir(box)
-            durable_create(tmp, final, data)
-        return final
+            return md.deliver_file(box, data, self._host)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> dict[str, Result]:
         """Deliver to every recipient (each a local mailbox address); one Result per recipient."""
@@ -109,7 +72,7 @@ class LocalCourier:
                 results[rcpt] = Result.permanent(f"no such mailbox {mailbox}", code=550, enhanced="5.1.1", relay=RELAY)
                 continue
             try:
-                jobs[rcpt] = maildir_path(self.mail_dir, mailbox)
+                jobs[rcpt] = md.maildir_path(self.mail_dir, mailbox)
             except UsageError as exc:
                 results[rcpt] = Result.permanent(exc.message, code=550, enhanced="5.1.3", relay=RELAY)
         if not jobs:

@@ -1,8 +1,11 @@
-"""Deployment with Ansible: the runner behind ``mailprov deploy``, the pre-flight, the probe and the demo.
+"""Deployment with Ansible: the runner behind ``mailprov deploy``, the probe and the demo.
+
+The pre-flight DNS gate has no module here: the ``mailprov_preflight`` role runs ``mailprov check``
+(through ``python -m mailprov.deploy``) on the controller before anything is changed on a host.
 
 Modules:
+  __main__   ``python -m mailprov.deploy ARGS``: the ``mailprov`` command line, for venvs without the script
   runner     runs ``ansible-playbook`` with mailprov's event callback; renders progress and a summary
-  preflight  the controller-side DNS gate: host names, addresses, PTR and MX agree with the inventory
   probe      the live proof after a deploy: ports, banners, TLS, relay refusal, submission, POP3
   daemon     start/stop ``mailprov serve`` with a pid file where there is no systemd
   wheel      build the mailprov wheel on the controller, with a content digest for idempotent installs

@@ -1,6 +1,7 @@
 """Start and stop ``mailprov serve`` as a daemon with a pid file: the service manager where systemd is not.
 
-Containers and the test machines run no systemd (Ansible reports ``ansible_service_mgr: process_api``).
+Containers and the test machines run no systemd (no ``/run/systemd/system``); the roles use this there, and
+wherever the inventory sets ``mailprov_service_manager: pidfile`` (several hosts on one machine).
 There the roles call this module on the target, with the target venv's Python::
 
     python -m mailprov.deploy.daemon start   --service smtp --config /etc/mailprov/mailprov.toml \\
@@ -79,6 +80,8 @@ def listen_addresses(config: config_mod.Config, service: str) -> list[tuple[str,
         return []  # nothing to connect to: started means running
     if service == "smtp":
         values = config.smtp.listen + config.smtp.submission_listen + config.smtp.submissions_listen
+    elif service == "imap":
+        values = config.imap.listen + config.imap.tls_listen
     else:
         values = config.pop3.listen + config.pop3.tls_listen
     out = []
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints one status line."""
     parser = argparse.ArgumentParser(prog="python -m mailprov.deploy.daemon", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop", "restart", "status"))
-    parser.add_argument("--service", choices=("smtp", "pop3", "cert-renew"), default="smtp")
+    parser.add_argument("--service", choices=("smtp", "pop3", "imap", "cert-renew"), default="smtp")
     parser.add_argument("--every", type=int, default=43200, help="cert-renew: seconds between renewal checks")
     parser.add_argument("--config", default="/etc/mailprov/mailprov.toml")
     parser.add_argument("--pidfile", required=True, type=Path)

@@ -13,7 +13,12 @@ Checks, in order, each a :class:`~mailprov.dns.model.CheckResult` with a stable 
   probe.relay           unauthenticated relay to a foreign domain is refused (port 25 and submission)
   probe.submission      with ``--user``: AUTH over submission works and a test message is accepted
   probe.pop3            with ``--user``: that message reaches the mailbox and is fetched (and deleted) over POP3S
-  probe.cert            each certificate served: its issuer and days left; warns under 14 days, fails once expired
+  probe.imap            IMAP on 143 (STARTTLS, no password before TLS: LOGINDISABLED) and 993 (implicit TLS):
+                        certificates (as probe.tls), capabilities before and after TLS, and with ``--user`` a
+                        login and a second message submitted, found over IMAPS, and expunged
+                        (``--imap-port 0`` skips IMAP, for hosts that do not run it)
+  probe.cert            each certificate served (SMTP, POP3 and IMAP): its issuer and days left; warns under 14
+                        days, fails once expired
 
 Nothing here raises for a problem with the host: every problem is a result. Bad input raises
 :class:`~mailprov.errors.UsageError` before anything is probed; a host name that cannot be resolved
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import imaplib
 import ipaddress
 import poplib
 import smtplib
@@ -32,6 +38,7 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -59,6 +66,8 @@ class ProbeTarget:
     submissions_port: int = 465
     pop3_port: int = 110
     pop3s_port: int = 995
+    imap_port: int = 143  # 0: the host runs no IMAP, skip it
+    imaps_port: int = 993
     resolvers: list[tuple[str, int]] = field(default_factory=list)
     source_address: str | None = None
     user: str | None = None
@@ -76,6 +85,11 @@ class ProbeTarget:
         for name in ("smtp_port", "submission_port", "submissions_port", "pop3_port", "pop3s_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range", fix="use 1 to 65535")
+        for name in ("imap_port", "imaps_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)} is out of range", fix="use 1 to 65535, or 0 to skip IMAP"
+                )
         if bool(self.user) != bool(self.password):
             raise UsageError("--user needs a password", fix="pipe the password in with --password-stdin")
         if self.timeout <= 0 or self.io_timeout <= 0:
@@ -195,6 +209,46 @@ class _POP3S(_POP3):
     def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
         sock = super()._create_socket(timeout)
         return _client_context().wrap_socket(sock, server_hostname=self.host)
+
+
+class _IMAP(imaplib.IMAP4):
+    """imaplib.IMAP4 that can connect from a chosen source address."""
+
+    def __init__(self, host: str, port: int, timeout: float, source: str | None) -> None:
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0) if self._source else None)
+
+
+class _IMAPS(_IMAP):
+    """IMAP over implicit TLS (RFC 8314) from a chosen source address."""
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        sock = super()._create_socket(timeout)
+        return _client_context().wrap_socket(sock, server_hostname=self.host)
+
+
+# What a mail program needs after TLS (RFC 3501, and the extensions phones and desktops rely on).
+IMAP_REQUIRED = ("IMAP4REV1", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "SPECIAL-USE")
+
+
+def imap_capability_problems(before_tls: set[str], after_tls: set[str]) -> list[str]:
+    """What is wrong with an IMAP server's capabilities on 143: before TLS it must offer STARTTLS and refuse
+    passwords (LOGINDISABLED, RFC 3501 6.2.3 and RFC 8314); after TLS it must allow login and offer
+    :data:`IMAP_REQUIRED`."""
+    problems = []
+    if "STARTTLS" not in before_tls:
+        problems.append("no STARTTLS before TLS")
+    if "LOGINDISABLED" not in before_tls:
+        problems.append("passwords accepted before TLS (no LOGINDISABLED): is this client in imap.plaintext_networks?")
+    if "LOGINDISABLED" in after_tls:
+        problems.append("login still disabled after TLS")
+    missing = [c for c in IMAP_REQUIRED if c not in after_tls]
+    if missing:
+        problems.append(f"missing after TLS: {' '.join(missing)}")
+    return problems
 
 
 class Prober:
@@ -460,8 +514,9 @@ class Prober:
             summary = f"issued by {state.issuer}, {state.days_left(now):.0f} days left (until {state.not_after:%Y-%m-%d})"
             self.add("probe.cert", status, f"{label} {self.t.address}", summary, fix)
 
-    def round_trip(self) -> None:
-        """probe.submission and probe.pop3: submit to the user's own mailbox, then fetch and delete it."""
+    def _submit(self, check_id: str) -> str | None:
+        """Submit a test message to the user's own mailbox (AUTH over submission); its token, or None
+        after reporting the failure under ``check_id``."""
         user, password = self.t.user or "", self.t.password or ""
         token = uuid.uuid4().hex
         message = EmailMessage()
@@ -478,31 +533,48 @@ class Prober:
                 smtp.ehlo()
                 smtp.login(user, password)
                 smtp.send_message(message, from_addr=user, to_addrs=[user])
-            self.add("probe.submission", Status.PASS, subject, f"AUTH as {user} and submission accepted")
+            self.add(check_id, Status.PASS, subject, f"AUTH as {user} and submission accepted")
+            return token
         except smtplib.SMTPAuthenticationError as exc:
-            self.add("probe.submission", Status.FAIL, subject, f"AUTH as {user} refused: {exc.smtp_code}", "check the user and password")
-            return
+            self.add(check_id, Status.FAIL, subject, f"AUTH as {user} refused: {exc.smtp_code}", "check the user and password")
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
-            self.add("probe.submission", Status.FAIL, subject, f"submission failed: {exc}")
+            self.add(check_id, Status.FAIL, subject, f"submission failed: {exc}")
+        return None
+
+    def round_trip(self) -> None:
+        """probe.submission and probe.pop3: submit to the user's own mailbox, then fetch and delete it."""
+        user, password = self.t.user or "", self.t.password or ""
+        token = self._submit("probe.submission")
+        if token is None:
             return
-        subject = f"pop3s {self.t.address}:{self.t.pop3s_port}"
+        self._await_message(
+            "probe.pop3",
+            f"pop3s {self.t.address}:{self.t.pop3s_port}",
+            lambda: self._fetch(user, password, token),
+            f"test message {token[:8]} fetched from {user}'s mailbox and deleted",
+            f"test message {token[:8]} did not reach {user}'s mailbox",
+        )
+
+    def _await_message(self, check_id: str, subject: str, fetch: Callable[[], bool], found: str, missing: str) -> None:
+        """Poll ``fetch`` (a session that looks for the test message) until it finds it or the probe's
+        timeout passes; a failing session ends it at once. Reports ``check_id``."""
         deadline = time.monotonic() + self.t.timeout
         while True:
             try:
-                found = self._fetch(user, password, token)
-            except (OSError, poplib.error_proto, ssl.SSLError) as exc:
-                self.add("probe.pop3", Status.FAIL, subject, f"POP3 session failed: {exc}")
-                return
-            if found:
-                self.add("probe.pop3", Status.PASS, subject, f"test message {token[:8]} fetched from {user}'s mailbox and deleted")
+                if fetch():
+                    self.add(check_id, Status.PASS, subject, found)
+                    return
+            except (OSError, poplib.error_proto, imaplib.IMAP4.error, ssl.SSLError) as exc:
+                fix = "check the user and password" if isinstance(exc, imaplib.IMAP4.error) else ""
+                self.add(check_id, Status.FAIL, subject, f"session failed: {exc}", fix)
                 return
             if time.monotonic() >= deadline:
                 self.add(
-                    "probe.pop3",
+                    check_id,
                     Status.FAIL,
                     subject,
-                    f"test message {token[:8]} did not reach {user}'s mailbox within {self.t.timeout:.0f}s",
-                    "see 'mailprov queue list' and the service log on the host",
+                    f"{missing} within {self.t.timeout:.0f}s",
+                    "see 'mailprov queue list' and the service logs on the host",
                 )
                 return
             time.sleep(POLL)
@@ -522,6 +594,93 @@ class Prober:
         finally:
             with contextlib.suppress(Exception):
                 pop.quit()
+
+    # --- IMAP ---------------------------------------------------------------------------------------
+
+    def imap_ports(self) -> bool:
+        """probe.port for IMAP (143) and IMAPS (993): each answers with an IMAP greeting."""
+        up = True
+        for name, port, tls in (("imap", self.t.imap_port, False), ("imaps", self.t.imaps_port, True)):
+            endpoint = f"{self.t.address}:{port}"
+            try:
+                client = (_IMAPS if tls else _IMAP)(self.t.address, port, self.t.io_timeout, self.t.source_address)
+                greeting = client.welcome.decode("utf-8", "replace")
+                with contextlib.suppress(Exception):
+                    client.logout()
+                self.add("probe.port", Status.PASS, f"{name} {endpoint}", f"answers: {greeting[:80]}")
+            except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+                up = False
+                self.add(
+                    "probe.port",
+                    Status.FAIL,
+                    f"{name} {endpoint}",
+                    f"no IMAP greeting: {exc}",
+                    "start mailprov-imap (mailprov deploy) and check imap.listen / imap.tls_listen and any firewall",
+                )
+        return up
+
+    def imap_tls(self) -> None:
+        """probe.tls for IMAP STARTTLS and IMAPS, and probe.imap: the capabilities on 143 around STARTTLS."""
+        subject = f"imap {self.t.address}:{self.t.imap_port}"
+        try:
+            client = _IMAP(self.t.address, self.t.imap_port, self.t.io_timeout, self.t.source_address)
+            try:
+                before = {c.upper() for c in client.capabilities}
+                client.starttls(ssl_context=_client_context())
+                self._check_cert(f"imap-starttls:{self.t.imap_port}", client.sock.getpeercert(binary_form=True))
+                after = {c.upper() for c in client.capabilities}
+            finally:
+                with contextlib.suppress(Exception):
+                    client.logout()
+            problems = imap_capability_problems(before, after)
+            if problems:
+                self.add("probe.imap", Status.FAIL, subject, "; ".join(problems), "check the [imap] section of imap.toml")
+            else:
+                self.add("probe.imap", Status.PASS, subject, "STARTTLS, LOGINDISABLED before TLS; after: " + " ".join(sorted(after)))
+        except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"imap-starttls {self.t.address}:{self.t.imap_port}", f"failed: {exc}")
+        try:
+            client = _IMAPS(self.t.address, self.t.imaps_port, self.t.io_timeout, self.t.source_address)
+            try:
+                self._check_cert(f"imaps-tls:{self.t.imaps_port}", client.sock.getpeercert(binary_form=True))
+            finally:
+                with contextlib.suppress(Exception):
+                    client.logout()
+        except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+            self.add("probe.tls", Status.FAIL, f"imaps-tls {self.t.address}:{self.t.imaps_port}", f"failed: {exc}")
+
+    def imap_round_trip(self) -> None:
+        """probe.imap with --user: a message submitted to the user's mailbox is found over IMAPS, then expunged."""
+        token = self._submit("probe.submission")
+        if token is None:
+            return
+        user, password = self.t.user or "", self.t.password or ""
+        self._await_message(
+            "probe.imap",
+            f"imaps {self.t.address}:{self.t.imaps_port}",
+            lambda: self._imap_fetch(user, password, token),
+            f"logged in as {user}; test message {token[:8]} found in INBOX and expunged",
+            f"test message {token[:8]} did not show up in {user}'s INBOX",
+        )
+
+    def _imap_fetch(self, user: str, password: str, token: str) -> bool:
+        client = _IMAPS(self.t.address, self.t.imaps_port, self.t.io_timeout, self.t.source_address)
+        try:
+            client.login(user, password)
+            client.select("INBOX")
+            status, data = client.uid("SEARCH", "HEADER", "Message-ID", f"<{token}@{self.t.hostname}>")
+            uids = data[0].split() if status == "OK" and data and data[0] else []
+            if not uids:
+                return False
+            status, fetched = client.uid("FETCH", uids[0].decode(), "(BODY.PEEK[TEXT])")
+            if status != "OK" or not any(isinstance(part, tuple) and token.encode() in part[1] for part in fetched):
+                return False
+            client.uid("STORE", uids[0].decode(), "+FLAGS.SILENT", r"(\Deleted)")
+            client.uid("EXPUNGE", uids[0].decode())
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                client.logout()
 
 
 CERT_WARN_DAYS = 14
@@ -547,9 +706,13 @@ def probe(target: ProbeTarget) -> Report:
         prober.relay()
     if all(up.values()):
         prober.tls_ports()
-        prober.cert_validity()
         if target.user:
             prober.round_trip()
         else:
             prober.add("probe.submission", Status.SKIP, target.hostname, "skipped: no --user for the round trip")
+    if target.imap_port and prober.imap_ports():
+        prober.imap_tls()
+        if target.user:
+            prober.imap_round_trip()
+    prober.cert_validity()  # every certificate the checks above were served, IMAP's too
     return Report([DomainReport(target.hostname, prober.results)])

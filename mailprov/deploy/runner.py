@@ -106,13 +106,17 @@ class PlaybookResult:
         return "\n".join(lines)
 
     def raise_for_failure(self, what: str = "deploy") -> None:
-        """Raise a MailprovError naming the first failing task, its host and its message."""
+        """Raise a MailprovError naming the first failing host, its task and its message.
+
+        For that host the last failure is named: a failure handled by a rescue (a unit that did not start)
+        is followed by the one that carries the reason (its journal)."""
         if self.ok:
             return
         if self.failures:
-            first = self.failures[0]
+            host = self.failures[0].host
+            final = [f for f in self.failures if f.host == host][-1]
             others = f" (and {len(self.failures) - 1} more failure(s))" if len(self.failures) > 1 else ""
-            raise MailprovError(f"{what} failed on {first.host} at task '{first.task}': {first.msg}{others}", exit_code=EXIT_FAIL)
+            raise MailprovError(f"{what} failed on {final.host} at task '{final.task}': {final.msg}{others}", exit_code=EXIT_FAIL)
         tail = "\n".join(self.output[-15:])
         raise MailprovError(f"{what} failed: ansible-playbook exited with {self.returncode}\n{tail}".rstrip())
 

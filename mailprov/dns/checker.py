@@ -1,7 +1,8 @@
 """The check engine: run every DNS check for many domains concurrently and gather a :class:`Report`.
 
 ``await check_domains(["alpha.test"], CheckOptions(resolvers=[("127.0.0.1", 53)]))`` is the library
-entry point (``mailprov check``, the deployment pre-flight and ``mailprov probe`` call it). Inputs are
+entry point: ``mailprov check`` calls it (so does the deployment pre-flight, the ``mailprov_preflight``
+role running ``mailprov check`` on the controller) and ``mailprov demo up``. Inputs are
 validated first (a :class:`~mailprov.errors.UsageError` names the bad one); after that, nothing raises:
 every problem, including an unanswered query, is a result in the report.
 
@@ -358,7 +359,3 @@ def close_source(source: Source) -> None:
     if close is not None:
         close()
 
-
-def run_checks(domains: list[str], options: CheckOptions | None = None) -> Report:
-    """Synchronous wrapper of :func:`check_domains` for callers outside an event loop."""
-    return asyncio.run(check_domains(domains, options))

@@ -8,7 +8,8 @@ What POP3 needs from a Maildir, and how it is done here:
 * **Sizes equal to what RETR sends**: POP3 sizes count the message with CRLF line endings (before
   byte-stuffing). That size is the raw file size plus one for every bare LF, so it needs one read of
   the file. It is taken from a ``,W=NNN`` hint in the file name when there is one (Dovecot's
-  convention), else computed once and kept in a size cache (``STATE_DIR/pop3/DOMAIN/LOCAL.sizes``,
+  convention, which mailprov's MDA writes too: see :mod:`mailprov.maildir`), else computed once and kept
+  in a size cache (``STATE_DIR/pop3/DOMAIN/LOCAL.sizes``,
   written with :func:`atomic_write`); the cache is only an accelerator and is rebuilt when lost.
 * **Stable UIDs that never repeat**: the UID is the Maildir unique name (the file name before
   ``:2,``), which the MDA never reuses and which survives the ``new/`` to ``cur/`` move and restarts.
@@ -36,17 +37,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailprov import maildir as md
 from mailprov.atomic import atomic_write, fsync_dir
+from mailprov.maildir import CHUNK, file_crlf_size
 
-# Files at or below this size are rendered in one read; larger ones in chunks of this size.
-CHUNK = 256 * 1024
-FIRST_READ = 64 * 1024
-_W_HINT = re.compile(r",W=(\d{1,12})(?:[,:]|$)")
 _UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 _CACHE_MAGIC = "mailprov-pop3-sizes 1"
 _DOT_LINE = re.compile(rb"\n\.")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-_DIGITS = re.compile(r"(\d+)")
 
 
 class MailboxError(Exception):
@@ -81,16 +79,6 @@ def uid_for(base: str) -> str:
     if _UID_OK.match(base):
         return base
     return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-def crlf_size(data: bytes, *, final: bool = True) -> int:
-    """Octets of ``data`` once bare LFs become CRLF (and, when ``final``, a missing last CRLF is added)."""
-    size = len(data) + data.count(b"\n")
-    if data.find(b"\r") >= 0:  # memchr: only files with CRs pay for the two-byte count
-        size -= data.count(b"\r\n")
-    if final and data and not data.endswith(b"\n"):
-        size += 2
-    return size
 
 
 def _convert(data: bytes, at_line_start: bool) -> bytes:
@@ -214,52 +202,6 @@ def _render_stream(fd: int, pending: bytes) -> Iterator[bytes]:
         os.close(fd)
 
 
-def file_crlf_size(path: str) -> int:
-    """The POP3 size of a message file, reading it once (in chunks when it is large)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # First read below malloc's mmap threshold: a 256 KiB buffer per small file would cost an
-        # mmap/munmap pair each time, and most messages fit in 64 KiB.
-        chunk = os.read(fd, FIRST_READ)
-        if len(chunk) < FIRST_READ:
-            return crlf_size(chunk)
-        size = 0
-        carry_cr = False
-        last = b""
-        while chunk:
-            size += crlf_size(chunk, final=False)
-            if carry_cr and chunk[:1] == b"\n":
-                size -= 1  # a CRLF split across two reads
-            carry_cr = chunk.endswith(b"\r")
-            last = chunk[-1:]
-            chunk = os.read(fd, CHUNK)
-    finally:
-        os.close(fd)
-    return size + 2 if last != b"\n" else size
-
-
-def _order(name: str) -> list[str | int]:
-    """Sort key for delivery order: digit runs compare as numbers, so ``T.M99P1`` comes before
-    ``T.M100P1`` (MDAs write microseconds and counters without zero padding)."""
-    parts: list[str | int] = list(_DIGITS.split(name.split(":", 1)[0]))
-    for i in range(1, len(parts), 2):
-        parts[i] = int(parts[i])
-    return parts
-
-
-def _flags_with(name: str, flag: str) -> str:
-    """``name`` with ``flag`` added to its ``:2,`` info, flags kept sorted as the Maildir spec asks."""
-    base, sep, info = name.partition(":")
-    if sep and info.startswith("2,"):
-        flags = info[2:]
-        if flag in flags:
-            return name
-        return f"{base}:2,{''.join(sorted(flags + flag))}"
-    if sep:  # unknown info semantics: leave it alone
-        return name
-    return f"{base}:2,{flag}"
-
-
 class MailboxLock:
     """An exclusive, non-blocking ``flock`` on the mailbox's lock file; released by :meth:`release`,
     or by the kernel when the process dies."""
@@ -357,24 +299,14 @@ class Mailbox:
 
     def _scan(self) -> list[Message]:
         self._cache = self._load_cache()
-        found: list[tuple[str, str]] = []
-        for subdir in ("new", "cur"):
-            try:
-                with os.scandir(self.maildir / subdir) as entries:
-                    found += [(e.name, subdir) for e in entries if not e.name.startswith(".")]
-            except FileNotFoundError:
-                continue  # no mail delivered yet: an empty mailbox
-        found.sort(key=lambda item: _order(item[0]))
+        # One entry per unique name (a message in both new/ and cur/ after an interrupted move counts once).
+        found = md.scan(self.maildir)
         messages: list[Message] = []
-        seen: set[str] = set()
-        for name, subdir in found:
-            base = name.split(":", 1)[0]
-            if base in seen:  # the same message in new/ and cur/ (interrupted move): count it once
-                continue
+        for base in sorted(found, key=md.order_key):
+            subdir, name = found[base]
             size = self._size(base, name, subdir)
             if size is None:
                 continue  # vanished while we looked: another program removed it
-            seen.add(base)
             messages.append(Message(name, subdir, size, uid_for(base)))
         return messages
 
@@ -382,9 +314,9 @@ class Mailbox:
         size = self._cache.get(base)
         if size is not None:
             return size
-        hint = _W_HINT.search(base)
-        if hint:
-            return int(hint.group(1))
+        hint = md.size_hints(base)[1]
+        if hint is not None:
+            return hint
         try:
             size = file_crlf_size(f"{self._dirs[subdir]}/{name}")
         except FileNotFoundError:
@@ -439,7 +371,7 @@ class Mailbox:
                         result.deleted += 1
                         touched.add(msg.subdir)
                     else:
-                        target = _flags_with(msg.name, "S")
+                        target = md.add_flag(msg.name, "S")
                         if msg.subdir == "cur" and target == msg.name:
                             break
                         os.rename(self.path(msg), os.path.join(self.maildir, "cur", target))

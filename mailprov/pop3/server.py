@@ -33,12 +33,14 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-from mailprov.config import Config, parse_hostport
+from mailprov.config import Config
 from mailprov.errors import MailprovError
-from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
+from mailprov.listeners import HANDSHAKE_TIMEOUT, bind
 from mailprov.maildir import maildir_path
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
+from mailprov.tls import server_context
 from mailprov.users import UserDB, split
 
 log = logging.getLogger("mailprov.pop3")
@@ -46,7 +48,6 @@ log = logging.getLogger("mailprov.pop3")
 MAX_LINE = 2048  # octets per command line, CRLF included (RFC 2449 asks clients for at most 255)
 MAX_BUFFER = 64 * 1024  # pipelined input held before the server stops reading
 VERIFY_SLOTS = 4  # concurrent argon2id checks (each takes 64 MiB and a core for a fraction of a second)
-HANDSHAKE_TIMEOUT = 30.0
 
 
 def mailbox_for(config: Config, address: str) -> Mailbox:
@@ -82,27 +83,20 @@ class POP3Server:
         """Bind every configured address; raises OSError if one cannot be bound. With ``serving=False``
         nothing is accepted until :meth:`start_serving` (``mailprov serve`` calls it after the privilege
         drop, so no client is ever served by a root process)."""
-        loop = asyncio.get_running_loop()
         self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         if self.ssl_context is None:
-            from mailprov.tls import server_context
-
             self.ssl_context = server_context(self.config)
+        section = self.config.pop3
         try:
-            for key, implicit in (("listen", False), ("tls_listen", True)):
-                for i, value in enumerate(getattr(self.config.pop3, key)):
-                    host, port = parse_hostport(value, key=f"pop3.{key}[{i}]")
-                    server = await loop.create_server(
-                        lambda implicit=implicit: Connection(self, implicit_tls=implicit),
-                        host.strip("[]"),
-                        port,
-                        ssl=self.ssl_context if implicit else None,
-                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-                        reuse_address=True,
-                        start_serving=serving,
-                    )
-                    self._servers.append(server)
-                    log.info("listening on %s (%s)", value, "implicit TLS" if implicit else "STLS")
+            self._servers = await bind(
+                "pop3",
+                {"listen": section.listen, "tls_listen": section.tls_listen},
+                lambda implicit: Connection(self, implicit_tls=implicit),
+                self.ssl_context,
+                serving=serving,
+                log=log,
+                upgrade="STLS",
+            )
         except BaseException:
             await self.stop()
             raise
@@ -130,13 +124,7 @@ class POP3Server:
 
     def plaintext_ok(self, client: str) -> bool:
         """Whether ``client`` is in ``pop3.plaintext_networks``."""
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return client_in(client, self.trusted)
 
     async def verify(self, user: str, password: str) -> bool:
         """Check a password in a worker thread, a bounded number at a time."""

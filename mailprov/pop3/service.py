@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
-
-from mailprov.config import Config
+from mailprov.listeners import ListenerService
 from mailprov.pop3.server import POP3Server
-from mailprov.users import UserDB
 
 
-class POP3Service:
-    """The POP3 server as a service: ``start()`` binds ``pop3.listen`` and ``pop3.tls_listen``."""
+class POP3Service(ListenerService):
+    """The POP3 server as a service: ``start()`` binds ``pop3.listen`` and ``pop3.tls_listen``; on stop,
+    sessions already in UPDATE finish first."""
 
     name = "pop3"
-
-    def __init__(
-        self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None, serve_after_drop: bool = False
-    ) -> None:
-        self.config = config
-        self.server = POP3Server(config, users=users, ssl_context=ssl_context)
-        self.serve_after_drop = serve_after_drop
-
-    @property
-    def sockets(self) -> list[tuple[str, int]]:
-        """The bound (address, port) pairs."""
-        return self.server.sockets
-
-    async def start(self) -> None:
-        """Bind the listeners; start serving now, or in :meth:`begin` when ``serve_after_drop``."""
-        await self.server.start(serving=not self.serve_after_drop)
-
-    async def begin(self) -> None:
-        """Called by ``mailprov serve`` once privileges are dropped: begin accepting clients."""
-        await self.server.start_serving()
-
-    async def stop(self) -> None:
-        """Close the listeners and the sessions; sessions already in UPDATE finish first."""
-        await self.server.stop()
+    server_class = POP3Server

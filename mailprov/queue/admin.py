@@ -9,11 +9,14 @@ state is then written wherever the operator put it (``hold/``), or dropped if it
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mailprov.errors import UsageError
-from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore
+from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore, is_queue_id
 
 # mailq's markers: '*' being delivered, '!' on hold.
 MARKERS = {"active": "*", "hold": "!", "incoming": " ", "deferred": " "}
@@ -27,10 +30,22 @@ class Entry:
     item: QueueItem
 
 
-def entries(store: QueueStore, states: tuple[str, ...] = ("incoming", "active", "deferred", "hold")) -> list[Entry]:
-    """Every readable item, oldest first (unreadable ones are quarantined by the scan)."""
-    found = [Entry(state, item) for state, item in store.scan(states)]
-    return sorted(found, key=lambda e: e.item.arrival)
+def entries(store: QueueStore, states: tuple[str, ...] = ("incoming", "active", "deferred", "hold")) -> Iterator[Entry]:
+    """Every readable item, oldest (first queued) first, read as it is consumed: listing a queue of any
+    size holds only its ids in memory (unreadable items are quarantined by the scan)."""
+    for state, item in store.scan(states):
+        yield Entry(state, item)
+
+
+def _locate(store: QueueStore, queue_id: str) -> tuple[str, str]:
+    """(state, id) of one item named by the operator; a malformed or unknown id is a usage error."""
+    qid = queue_id.upper()
+    if not is_queue_id(qid):
+        raise UsageError(f"{queue_id!r} is not a queue id", fix="queue ids are the hex strings 'mailprov queue list' shows")
+    state = store.locate(qid)
+    if state is None:
+        raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+    return state, qid
 
 
 def _targets(store: QueueStore, ids: list[str], states: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -39,10 +54,7 @@ def _targets(store: QueueStore, ids: list[str], states: tuple[str, ...]) -> list
         return [(s, i) for s in states for i in store.ids(s)]
     out = []
     for queue_id in ids:
-        qid = queue_id.upper()
-        state = store.locate(qid)
-        if state is None:
-            raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+        state, qid = _locate(store, queue_id)
         if state in states:
             out.append((state, qid))
     return out
@@ -90,10 +102,7 @@ def delete(store: QueueStore, ids: list[str]) -> int:
 
 def show(store: QueueStore, queue_id: str) -> tuple[str, QueueItem, bytes]:
     """One item with its message."""
-    qid = queue_id.upper()
-    state = store.locate(qid)
-    if state is None:
-        raise UsageError(f"no queued message {queue_id}", fix="see 'mailprov queue list'")
+    state, qid = _locate(store, queue_id)
     try:
         item, message = store.read(state, qid)
     except CorruptQueueFile as exc:
@@ -101,27 +110,56 @@ def show(store: QueueStore, queue_id: str) -> tuple[str, QueueItem, bytes]:
     return state, item, message
 
 
-def format_list(found: list[Entry]) -> str:
-    """mailq's layout: id (with marker), size, arrival, sender; then each pending recipient with its last
-    reply."""
-    if not found:
-        return "Mail queue is empty"
-    lines = ["-Queue ID-          --Size-- ----Arrival Time---- -Sender/Recipient-------"]
-    total = 0
+def list_lines(found: Iterable[Entry]) -> Iterator[str]:
+    """mailq's layout, line by line as the entries come: id (with marker), size, arrival, sender; then
+    each pending recipient with its last reply; a total at the end."""
+    total = count = 0
     for entry in found:
+        if not count:
+            yield "-Queue ID-          --Size-- ----Arrival Time---- -Sender/Recipient-------"
         item = entry.item
         total += item.size
+        count += 1
         arrival = time.strftime("%a %b %d %H:%M:%S", time.localtime(item.arrival))
-        lines.append(f"{item.id}{MARKERS.get(entry.state, ' ')} {item.size:>8} {arrival}  {item.sender or 'MAILER-DAEMON'}")
+        yield f"{item.id}{MARKERS.get(entry.state, ' ')} {item.size:>8} {arrival}  {item.sender or 'MAILER-DAEMON'}"
         for rcpt in item.pending:
             if rcpt.reply:
                 reply = f"{rcpt.code} {rcpt.enhanced} {rcpt.reply}" if rcpt.code else rcpt.reply
-                lines.append(f"{'':20}({reply[:200]})")
-            lines.append(f"{'':49}{rcpt.address}")
-        lines.append("")
-    count = len(found)
-    lines.append(f"-- {max(1, total // 1024)} Kbytes in {count} Request{'s' if count != 1 else ''}.")
-    return "\n".join(lines)
+                yield f"{'':20}({reply[:200]})"
+            yield f"{'':49}{rcpt.address}"
+        yield ""
+    if not count:
+        yield "Mail queue is empty"
+        return
+    yield f"-- {max(1, total // 1024)} Kbytes in {count} Request{'s' if count != 1 else ''}."
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """One entry as ``mailprov queue list --json`` shows it."""
+    item = entry.item
+    return {
+        "id": item.id,
+        "state": entry.state,
+        "sender": item.sender,
+        "size": item.size,
+        "arrival": item.arrival,
+        "attempts": item.attempts,
+        "next_attempt": item.next_attempt,
+        "recipients": [
+            {k: getattr(r, k) for k in ("address", "original", "status", "attempts", "code", "enhanced", "reply", "relay")}
+            for r in item.recipients
+        ],
+    }
+
+
+def json_lines(found: Iterable[Entry]) -> Iterator[str]:
+    """A JSON array of :func:`entry_json` objects (indented by 2), one element at a time."""
+    first = True
+    for entry in found:
+        element = json.dumps(entry_json(entry), indent=2).replace("\n", "\n  ")
+        yield ("[\n  " if first else ",\n  ") + element
+        first = False
+    yield "[]" if first else "\n]"
 
 
 def format_item(state: str, item: QueueItem, message: bytes, *, body: bool = False) -> str:
@@ -149,4 +187,17 @@ def format_item(state: str, item: QueueItem, message: bytes, *, body: bool = Fal
     return "\n".join(lines)
 
 
-__all__ = ["STATES", "Entry", "delete", "entries", "flush", "format_item", "format_list", "hold", "release", "show"]
+__all__ = [
+    "STATES",
+    "Entry",
+    "delete",
+    "entries",
+    "entry_json",
+    "flush",
+    "format_item",
+    "hold",
+    "json_lines",
+    "list_lines",
+    "release",
+    "show",
+]

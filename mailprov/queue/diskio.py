@@ -42,10 +42,6 @@ class DiskIO:
             self._running[key] = loop.create_task(self._drain(key))
         await waiter
 
-    async def sync_dirs(self, directories: set[str]) -> None:
-        """Sync several directories concurrently."""
-        await asyncio.gather(*(self.sync_dir(d) for d in directories))
-
     async def _drain(self, key: str) -> None:
         loop = asyncio.get_running_loop()
         try:

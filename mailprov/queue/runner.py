@@ -11,7 +11,8 @@ How an attempt goes (docs/flow.md has the whole path):
    addresses go to the remote courier, one call per destination domain, all calls concurrently. Several
    messages for the same domain are in flight at once (``queue.workers``); the remote courier enforces
    per-destination limits (``queue.per_destination``) and reuses connections itself.
-3. Each recipient's Result is recorded (status, reply, relay, attempts) and logged, one line each.
+3. Each recipient's Result is recorded (status, reply, relay, attempts) and logged, one line each, by
+   :func:`mailprov.queue.intake.record` (the same for a direct delivery at acceptance).
    TEMPORARY becomes ``deferred``; PERMANENT becomes ``bounced``; TEMPORARY after ``queue.max_lifetime``
    becomes ``bounced`` too (expired).
 4. Newly bounced recipients get one DSN to the sender from ``<>`` (never for a ``<>`` sender). The DSN is
@@ -38,11 +39,12 @@ from dataclasses import dataclass
 
 from mailprov import maillog
 from mailprov.config import Config
-from mailprov.delivery.base import Courier, Envelope, Outcome, Result, group_by_domain
+from mailprov.delivery.base import Courier, Envelope, Result, group_by_domain
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.dsn import build_dsn
-from mailprov.queue.store import CorruptQueueFile, QueueItem, QueueStore, Recipient, new_queue_id
-from mailprov.users import Directory, Resolution
+from mailprov.queue.intake import Intake, record, targets_for
+from mailprov.queue.store import CorruptQueueFile, QueueItem, QueueStore, Recipient, is_queue_id, new_queue_id
+from mailprov.users import Directory
 
 log = logging.getLogger("mailprov.queue")
 
@@ -53,63 +55,6 @@ def retry_delay(attempts: int, retry_min: float, retry_max: float, rnd: float) -
     lock-step; never more than ``retry_max``."""
     base = min(float(retry_max), float(retry_min) * 2 ** max(0, attempts - 1))
     return min(float(retry_max), base * (0.8 + 0.4 * rnd))
-
-
-class UnavailableCourier:
-    """Stands in for the remote courier when it cannot be loaded: every recipient is deferred."""
-
-    async def deliver(self, envelope: Envelope, message: bytes) -> dict[str, Result]:
-        return {r: Result.temporary("remote delivery unavailable", code=451, enhanced="4.4.0") for r in envelope.recipients}
-
-    async def close(self) -> None:
-        return None
-
-
-def load_remote_courier(config: Config) -> Courier:
-    """``mailprov.delivery.remote.RemoteCourier(config)`` when that module exists, else a courier that defers."""
-    try:
-        from mailprov.delivery.remote import RemoteCourier  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        log.warning("remote delivery unavailable (%s): mail to other domains stays deferred", exc)
-        return UnavailableCourier()
-    return RemoteCourier(config)  # type: ignore[no-any-return,unused-ignore]
-
-
-def targets_for(directory: Directory, address: str, resolution: Resolution | None = None) -> list[Recipient]:
-    """The delivery targets of one envelope recipient: local mailboxes and remote addresses."""
-    resolution = resolution or directory.resolve(address)
-    out = [Recipient(address=m, original=address, local=True) for m in resolution.mailboxes]
-    out += [Recipient(address=r, original=address, local=False) for r in resolution.remote]
-    return out
-
-
-def delays_for(item: QueueItem, start: float, end: float, result: Result) -> tuple[float, tuple[float, float, float, float]]:
-    """``delay`` and Postfix's ``delays=a/b/c/d`` for one attempt (see mailprov.maillog)."""
-    queued = item.queued if item.queued > 0 else item.arrival
-    before = max(0.0, queued - item.arrival)
-    waiting = max(0.0, start - queued)
-    setup = sum(v for k, v in result.timings.items() if k != "xfer")
-    xfer = result.timings.get("xfer", max(0.0, end - start - setup))
-    return end - item.arrival, (before, waiting, setup, xfer)
-
-
-def log_result(item: QueueItem, rcpt: Recipient, result: Result, start: float, end: float, status: str) -> None:
-    """One mail log line for one recipient's attempt."""
-    delay, delays = delays_for(item, start, end, result)
-    reply = result.message if result.relay == "local" or not result.code else f"{result.code} {result.enhanced} {result.message}"
-    maillog.emit(
-        maillog.delivery_line(
-            item.id,
-            to=rcpt.address,
-            orig_to=rcpt.original,
-            relay=result.relay,
-            delay=delay,
-            delays=delays,
-            dsn=result.enhanced,
-            status=status,
-            reply=reply,
-        )
-    )
 
 
 @dataclass
@@ -152,6 +97,8 @@ class QueueRunner:
         self._stopping = False
         self.idle = asyncio.Event()  # set whenever nothing is busy (tests and benchmarks wait on it)
         self.idle.set()
+        # New messages (the SMTP server's, and our DSNs) enter through the intake, which hands them back.
+        self.intake = Intake(store, io, local, self.submit, clock=clock)
 
     # -- life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,15 +129,8 @@ class QueueRunner:
 
     # -- entry points -------------------------------------------------------------------------------
     async def enqueue(self, item: QueueItem, message: bytes) -> None:
-        """Make a new item durable in ``incoming/`` (file and directory fsynced), log it, schedule it now."""
-        item.size = item.size or len(message)
-        item.queued = item.queued or self.clock()  # recorded in the file; durable a few ms later
-        await self.io.run(self.store.write_new, item, message)
-        await self.io.sync_dir(self.store.dir("incoming"))
-        maillog.emit(
-            maillog.queued_line(item.id, item.sender, item.size, len(item.recipients), client=item.client, sasl_username=item.auth_user)
-        )
-        self.submit(item, message)
+        """Make a new item durable in ``incoming/`` through the intake, and schedule it now."""
+        await self.intake.enqueue(item, message)
 
     def submit(self, item: QueueItem, message: bytes | None) -> None:
         """Hand an item that is durable in ``incoming/`` to the workers (its bytes avoid a re-read)."""
@@ -198,7 +138,7 @@ class QueueRunner:
 
     def notify(self, queue_id: str) -> None:
         """An item another process made durable in ``incoming/`` (an SMTP worker): deliver it now."""
-        if len(queue_id) == 18 and all(c in "0123456789ABCDEF" for c in queue_id):
+        if is_queue_id(queue_id):
             self._push(_Job(queue_id, "incoming"))
 
     def flush(self) -> None:
@@ -321,33 +261,12 @@ class QueueRunner:
         outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
 
         now = self.clock()
-        expired = now - item.arrival >= self.config.queue.max_lifetime
+        expired_after = self.config.queue.max_lifetime if now - item.arrival >= self.config.queue.max_lifetime else 0.0
         bounced: list[Recipient] = []
         for start, end, pairs in outcomes:
             for rcpt, result in pairs:
-                rcpt.attempts += 1
-                rcpt.last_attempt = end
-                rcpt.code, rcpt.enhanced, rcpt.reply, rcpt.relay = result.code, result.enhanced, result.message, result.relay
-                if result.outcome is Outcome.DELIVERED:
-                    rcpt.status = "sent"
-                elif result.outcome is Outcome.PERMANENT:
-                    rcpt.status = "bounced"
-                elif expired:
-                    rcpt.status = "bounced"
-                    days = self.config.queue.max_lifetime / 86400
-                    rcpt.reply = f"message expired after {days:g} days in the queue; last error: {result.message}"
-                else:
-                    rcpt.status = "deferred"
-                if rcpt.status == "bounced":
+                if record(item, rcpt, result, start, end, expired_after=expired_after) == "bounced":
                     bounced.append(rcpt)
-                log_result(
-                    item,
-                    rcpt,
-                    Result(result.outcome, result.code, result.enhanced, rcpt.reply, result.relay, result.timings),
-                    start,
-                    end,
-                    rcpt.status,
-                )
 
         if bounced:
             await self._notify(item, bounced, message, "failed")

@@ -24,6 +24,7 @@ them, and a restart scans ``incoming``, ``active`` and ``deferred`` and resumes.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import json
 import logging
@@ -57,7 +58,11 @@ def new_queue_id() -> str:
     return f"{micros:013X}{next(_counter) % 4096:03X}{_random.getrandbits(8):02X}"
 
 
-def _valid_id(name: str) -> bool:
+def is_queue_id(name: str) -> bool:
+    """The one rule for a queue id (file names, the worker channel, the CLI): upper-case hex, 8 to 64
+    characters. New ids are 18 (:func:`new_queue_id`); the wider range keeps files written under
+    another id length visible to the queue instead of silently skipped, while still refusing paths,
+    temporary ``.ID.tmp`` names and foreign files."""
     return 8 <= len(name) <= 64 and all(c in "0123456789ABCDEF" for c in name)
 
 
@@ -93,7 +98,7 @@ class QueueItem:
     size: int = 0
     smtputf8: bool = False
     body_8bit: bool = False
-    client: str = ""  # "helo ([addr])"
+    client: str = ""  # who handed it over, for the log: "unknown[ADDR]" (Postfix's NAME[ADDR]), or "HOST (local DSN for ID)"
     auth_user: str = ""
     attempts: int = 0
     next_attempt: float = 0.0
@@ -117,7 +122,7 @@ class QueueItem:
             item = cls(recipients=recipients, **data)
         except (ValueError, TypeError, KeyError) as exc:
             raise CorruptQueueFile(f"bad header: {exc}") from None
-        if not _valid_id(item.id) or not isinstance(item.sender, str) or not item.recipients:
+        if not is_queue_id(item.id) or not isinstance(item.sender, str) or not item.recipients:
             raise CorruptQueueFile("bad header: id, sender or recipients invalid")
         return item
 
@@ -201,7 +206,7 @@ class QueueStore:
             names = os.listdir(self.dir(state))
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if _valid_id(n))
+        return sorted(n for n in names if is_queue_id(n))
 
     def locate(self, queue_id: str) -> str | None:
         """The state an item is in, or None."""
@@ -211,15 +216,16 @@ class QueueStore:
         return None
 
     def scan(self, states: tuple[str, ...] = ("incoming", "active", "deferred", "hold")) -> Iterator[tuple[str, QueueItem]]:
-        """Every readable item's envelope, quarantining unreadable ones."""
-        for state in states:
-            for queue_id in self.ids(state):
-                try:
-                    yield state, self.read_header(state, queue_id)
-                except FileNotFoundError:
-                    continue
-                except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
-                    self.quarantine(state, queue_id, str(exc))
+        """Every readable item's envelope, oldest first across ``states`` (queue ids are time-ordered),
+        read one at a time: only the ids are held in memory. Unreadable items are quarantined; an item
+        that moved meanwhile is skipped."""
+        for queue_id, state in heapq.merge(*[zip(self.ids(state), itertools.repeat(state)) for state in states]):
+            try:
+                yield state, self.read_header(state, queue_id)
+            except FileNotFoundError:
+                continue
+            except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
+                self.quarantine(state, queue_id, str(exc))
 
     def clean_temporaries(self, max_age: float = 0.0) -> int:
         """Remove temporary ``.NAME.tmp`` files older than ``max_age`` seconds: partial writes of a server

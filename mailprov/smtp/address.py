@@ -57,10 +57,6 @@ class Address:
             return f"{self.local}@[IPv6:{self.domain}]" if ":" in self.domain else f"{self.local}@[{self.domain}]"
         return f"{self.local}@{self.domain}"
 
-    @property
-    def is_ascii(self) -> bool:
-        return str(self).isascii()
-
 
 def _unquote(local: str) -> str:
     """``"john"`` -> ``john``; refuses quoted strings that a dot-atom could not hold."""

@@ -6,15 +6,11 @@ one listener mode: ``mx`` (port 25), ``submission`` (587, STARTTLS then AUTH req
 (465, implicit TLS, AUTH required).
 
 The DATA path (docs/flow.md): loop check, Received header (and Message-ID/Date for authenticated
-submissions that lack them), then
-
-* every target a local mailbox: the local courier writes each Maildir copy (tmp, fsync, rename into
-  new, fsync new/) and only then does the client get 250 — the Maildir file is the durable copy, no
-  queue file is written and nothing is read back. Recipients that fail go to the queue below;
-* otherwise (or as the fallback): one queue file in ``incoming/`` (fsync, rename, dir fsync), then 250,
-  and the bytes go straight to the queue runner.
-
-If neither is possible the client gets 451 and keeps its copy: a 250 always means "on disk".
+submissions that lack them), then the queue's intake (mailprov.queue.intake) takes the message: every
+target a local mailbox, straight into the Maildirs; otherwise (or for the recipients that failed
+there) one queue file in ``incoming/``. It returns only once the message is durable, and only then does
+the client get 250. If neither is possible the client gets 451 (452 for a full disk) and keeps its
+copy: a 250 always means "on disk".
 """
 
 from __future__ import annotations
@@ -27,21 +23,18 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from mailprov import maillog
-from mailprov.delivery.base import Envelope as CourierEnvelope
-from mailprov.queue.runner import log_result, targets_for
+from mailprov.queue.intake import targets_for
 from mailprov.queue.store import QueueItem, Recipient, new_queue_id
 from mailprov.smtp import policy
 from mailprov.smtp.address import AddressError, parse_recipient, parse_sender
 from mailprov.smtp.auth import AuthIdentity
+from mailprov.smtp.context import Connection, SMTPContext
 from mailprov.users import normalize
-
-if TYPE_CHECKING:
-    from mailprov.smtp.server import MailprovSMTP, SMTPContext
 
 log = logging.getLogger("mailprov.smtp")
 
@@ -106,12 +99,12 @@ class SMTPHandler:
 
     # -- helpers ------------------------------------------------------------------------------------
     @staticmethod
-    def _client(server: MailprovSMTP, session: Any) -> str:
+    def _client(server: Connection, session: Any) -> str:
         # Postfix's shape, NAME[ADDR]; we do no reverse lookups, so the name is "unknown".
         return f"unknown[{server.client_ip}]"
 
     def _reject(
-        self, server: MailprovSMTP, session: Any, stage: str, reply: str, *, sender: str | None = None, rcpt: str | None = None
+        self, server: Connection, session: Any, stage: str, reply: str, *, sender: str | None = None, rcpt: str | None = None
     ) -> str:
         maillog.emit(
             maillog.reject_line(stage, self._client(server, session), reply, sender=sender, rcpt=rcpt, helo=session.host_name or "")
@@ -119,7 +112,7 @@ class SMTPHandler:
         return reply
 
     # -- hooks --------------------------------------------------------------------------------------
-    async def handle_EHLO(self, server: MailprovSMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(self, server: Connection, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         """Advertise PIPELINING and ENHANCEDSTATUSCODES beside aiosmtpd's extensions."""
         session.host_name = hostname
         keywords = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
@@ -128,7 +121,7 @@ class SMTPHandler:
         lines[-1] = "250 " + lines[-1][4:]
         return lines
 
-    async def handle_MAIL(self, server: MailprovSMTP, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(self, server: Connection, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         """Parse the sender; an authenticated user must own it."""
         try:
             sender = parse_sender(address, smtputf8=bool(envelope.smtp_utf8))
@@ -146,7 +139,7 @@ class SMTPHandler:
         txn.arrival = time.time()
         return decision.reply()
 
-    async def handle_RCPT(self, server: MailprovSMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: Connection, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         """Refuse by default: accept local users and aliases, and relay only for AUTH or trusted networks."""
         txn = _txn(envelope)
         try:
@@ -182,7 +175,7 @@ class SMTPHandler:
         txn.targets.extend(t for t in targets if t.address not in known)
         return decision.reply()
 
-    async def handle_DATA(self, server: MailprovSMTP, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Connection, session: Any, envelope: Any) -> str:
         """Check hops, add trace headers, make the message durable, then (only then) say 250."""
         txn = _txn(envelope)
         message: bytes = envelope.original_content or b""
@@ -209,53 +202,16 @@ class SMTPHandler:
             auth_user=user or "",
         )
         try:
-            if all(r.local for r in item.recipients):
-                delivered = await self._deliver_direct(item, message)
-                if delivered:
-                    return policy.message_accepted(qid, delivered=True).reply()
-            await self.ctx.runner.enqueue(item, message)
+            delivered = await self.ctx.intake.accept(item, message)
         except OSError as exc:
             log.error("%s: cannot store the message: %s", qid, exc)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # RFC 3463 4.3.1: mail system full
                 return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Requested action aborted: local storage error, try again later"
-        return policy.message_accepted(qid, delivered=False).reply()
-
-    async def _deliver_direct(self, item: QueueItem, message: bytes) -> bool:
-        """Write straight into the Maildirs. True when every recipient is durable there; otherwise the
-        delivered ones are marked sent and the caller queues the item for the rest."""
-        start = time.time()
-        envelope = CourierEnvelope(
-            item.id, item.sender, tuple(r.address for r in item.recipients), item.arrival, item.smtputf8, item.body_8bit
-        )
-        results = await self.ctx.local.deliver(envelope, message)
-        end = time.time()
-        item.queued = end
-        where = "direct to mailbox"
-        maillog.emit(
-            maillog.queued_line(
-                item.id, item.sender, item.size, len(item.recipients), where, client=item.client, sasl_username=item.auth_user
-            )
-        )
-        for rcpt in item.recipients:
-            result = results.get(rcpt.address)
-            if result is not None and result.ok:
-                rcpt.status, rcpt.code, rcpt.enhanced, rcpt.reply, rcpt.relay = (
-                    "sent",
-                    result.code,
-                    result.enhanced,
-                    result.message,
-                    "local",
-                )
-                rcpt.attempts, rcpt.last_attempt = 1, end
-                log_result(item, rcpt, result, start, end, "sent")
-        if all(r.done for r in item.recipients):
-            return True
-        item.queued = 0.0
-        return False
+        return policy.message_accepted(qid, delivered=delivered).reply()
 
     def _trace(
-        self, server: MailprovSMTP, session: Any, envelope: Any, qid: str, message: bytes, names: list[bytes], submission: bool
+        self, server: Connection, session: Any, envelope: Any, qid: str, message: bytes, names: list[bytes], submission: bool
     ) -> bytes:
         """Prepend our Received header; for authenticated submissions add a missing Message-ID and Date."""
         cfg = self.ctx.config
@@ -294,7 +250,7 @@ class SMTPHandler:
         return received + message
 
     # -- AUTH ---------------------------------------------------------------------------------------
-    async def auth_PLAIN(self, server: MailprovSMTP, args: list[str]) -> AuthResult:
+    async def auth_PLAIN(self, server: Connection, args: list[str]) -> AuthResult:
         """AUTH PLAIN (RFC 4616), initial response or challenge."""
         if len(args) == 1:
             blob = await server.challenge_auth("")
@@ -312,7 +268,7 @@ class SMTPHandler:
             return AuthResult(success=False, handled=True)
         return await self._check(server, parts[1], parts[2])
 
-    async def auth_LOGIN(self, server: MailprovSMTP, args: list[str]) -> AuthResult:
+    async def auth_LOGIN(self, server: Connection, args: list[str]) -> AuthResult:
         """AUTH LOGIN (the de facto standard two-step exchange)."""
         if len(args) == 1:
             login = await server.challenge_auth("Username:")
@@ -330,13 +286,13 @@ class SMTPHandler:
         assert isinstance(login, bytes) and isinstance(password, bytes)
         return await self._check(server, login, password)
 
-    async def _check(self, server: MailprovSMTP, login_b: bytes, password_b: bytes) -> AuthResult:
+    async def _check(self, server: Connection, login_b: bytes, password_b: bytes) -> AuthResult:
         """Verify off the event loop; slow down and count failures per client; never log the password."""
         if not server.is_tls:
             return AuthResult(success=False, handled=False, message="538 5.7.11 Encryption required for requested authentication mechanism")
         limiter = self.ctx.auth_limiter
         client = server.client_ip
-        if limiter.blocked(client):
+        if await limiter.blocked(client):
             await server.push("421 4.7.0 Too many failed authentication attempts, closing connection")
             server.close()
             return AuthResult(success=False, handled=True)
@@ -348,10 +304,10 @@ class SMTPHandler:
         if ok:
             log.info("AUTH success from [%s]: sasl_username=%s", client, login)
             return AuthResult(success=True, handled=False, auth_data=AuthIdentity(login))
-        delay = limiter.fail(client)
-        log.warning("AUTH failure from [%s] (sasl_username=%s), %d recent failures", client, _clean(login, 128), limiter.failures(client))
+        delay, failures = await limiter.fail(client)
+        log.warning("AUTH failure from [%s] (sasl_username=%s), %d recent failures", client, _clean(login, 128), failures)
         await asyncio.sleep(delay)
-        if limiter.blocked(client):
+        if await limiter.blocked(client):
             await server.push("421 4.7.0 Too many failed authentication attempts, closing connection")
             server.close()
             return AuthResult(success=False, handled=True)

@@ -33,18 +33,14 @@ import ssl
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
 from mailprov.config import Config, parse_hostport
-from mailprov.delivery.local import LocalCourier
-from mailprov.limits import FailureThrottle
-from mailprov.queue.store import QueueItem
 from mailprov.smtp import policy
+from mailprov.smtp.context import SMTPContext
 from mailprov.smtp.handler import SMTPHandler
-from mailprov.users import Directory
 
 log = logging.getLogger("mailprov.smtp")
 # aiosmtpd's per-command chatter stays out of the mail log; its warning about AUTH without STARTTLS is
@@ -53,7 +49,6 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS", module="aiosmtpd")
 
 IDENT = "ESMTP mailprov"
-MODES = ("mx", "submission", "submissions")
 RECIPIENT_OVERSHOOT = 1000  # 452 4.5.3 replies not counted as errors, as Postfix's smtpd_recipient_overshoot_limit
 # A plain <dot-atom@domain> path, the overwhelmingly common case, parsed without the email package.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -97,19 +92,6 @@ def add_enhanced_code(status: str) -> str:
     return f"{status[:4]}{enhanced} {status[4:]}"
 
 
-@dataclass
-class SMTPContext:
-    """What every session shares: configuration, directory, storage and limits."""
-
-    config: Config
-    directory: Directory
-    runner: Enqueuer  # the QueueRunner, or in a worker process the channel to the master's
-    local: LocalCourier
-    tls_context: ssl.SSLContext | None
-    auth_limiter: FailureThrottle
-    connections: Limiter  # a ConnectionLimiter, or in a worker process the master's via the channel
-
-
 class BareNewline(Exception):
     """A command line ended in LF without CR (RFC 5321 2.3.8 allows only CRLF)."""
 
@@ -123,16 +105,6 @@ class CRLFReader(asyncio.StreamReader):
         if separator == b"\n" and not line.endswith(b"\r\n"):
             raise BareNewline()
         return line
-
-
-class Enqueuer(Protocol):
-    async def enqueue(self, item: QueueItem, message: bytes) -> None: ...
-
-
-class Limiter(Protocol):
-    def acquire(self, client: str) -> str | None: ...
-
-    def release(self, client: str) -> None: ...
 
 
 class MailprovSMTP(SMTP):

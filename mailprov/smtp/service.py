@@ -15,45 +15,22 @@ import pwd
 import signal
 import socket
 import ssl
-import time
 from pathlib import Path
 
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
-from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.delivery.remote import RemoteCourier
+from mailprov.limits import ConnectionLimiter, FailureThrottle, LocalAuthThrottle
 from mailprov.queue.diskio import DiskIO
-from mailprov.queue.runner import QueueRunner, load_remote_courier
+from mailprov.queue.runner import QueueRunner
 from mailprov.queue.store import STATES, QueueStore
-from mailprov.smtp.server import Enqueuer, Limiter, SMTPContext, bind_listeners, create_servers, end_sessions
+from mailprov.smtp.context import SMTPContext, open_directory
+from mailprov.smtp.server import bind_listeners, create_servers, end_sessions
 from mailprov.smtp.workers import WorkerPool, tls_memfd
 from mailprov.tls import certificate_paths, server_context
-from mailprov.users import AliasDB, Directory, UserDB
 
 log = logging.getLogger("mailprov.smtp")
-RECHECK = 0.5  # seconds between checks of the users and aliases files for changes
 DROP_WAIT = 30.0  # seconds to wait for 'mailprov serve' to drop privileges before working anyway
-
-
-class _Throttled:
-    """Check the watched file for changes at most every RECHECK seconds instead of at every lookup (a
-    stat per lookup was a few percent of the hot path); changes still apply without a restart."""
-
-    _checked = 0.0
-
-    def refresh(self) -> None:
-        now = time.monotonic()
-        if getattr(self, "_stamp", None) is not None and now - self._checked < RECHECK:
-            return
-        self._checked = now
-        super().refresh()  # type: ignore[misc]
-
-
-class ThrottledUserDB(_Throttled, UserDB):
-    """The users file, re-checked at most every RECHECK seconds."""
-
-
-class ThrottledAliasDB(_Throttled, AliasDB):
-    """The aliases file, re-checked at most every RECHECK seconds."""
 
 
 class SMTPService:
@@ -65,17 +42,17 @@ class SMTPService:
 
     name = "smtp"
 
-    def __init__(self, config: Config, *, wait_for_drop: bool | None = None, worker: bool = False) -> None:
+    def __init__(self, config: Config, *, wait_for_drop: bool | None = None) -> None:
         self.config = config
-        users, aliases = ThrottledUserDB(config.paths.users_file), ThrottledAliasDB(config.paths.aliases_file)
-        self.directory = Directory(users, aliases, config.server.domains)
+        self.directory = open_directory(config)
         self.io = DiskIO(threads=8)
         self.store = QueueStore(config.paths.queue_dir)
         self.local = LocalCourier(config, self.directory, io=self.io)
+        # Connections and AUTH failures are counted here, for this process's sessions and its workers'.
         self.connections = ConnectionLimiter(config.smtp.max_connections, config.smtp.max_connections_per_client)
-        if not worker:
-            self.remote = load_remote_courier(config)
-            self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
+        self.auth_failures = FailureThrottle(config.smtp.auth_failure_delay, config.smtp.max_auth_failures)
+        self.remote = RemoteCourier(config)
+        self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
         self.processes = config.smtp.processes or os.cpu_count() or 1
         if not Path(config.source).is_file():
             self.processes = 1  # workers load the configuration file: in-memory configurations run in one process
@@ -87,18 +64,15 @@ class SMTPService:
         self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
         self._go_task: asyncio.Task[None] | None = None
 
-    def context(
-        self, tls_context: ssl.SSLContext | None, *, runner: Enqueuer | None = None, connections: Limiter | None = None
-    ) -> SMTPContext:
-        """What the SMTP sessions of this process share."""
+    def context(self, tls_context: ssl.SSLContext | None) -> SMTPContext:
+        """What the SMTP sessions of this process share (worker processes build their own)."""
         return SMTPContext(
             config=self.config,
             directory=self.directory,
-            runner=runner or self.runner,
-            local=self.local,
+            intake=self.runner.intake,
             tls_context=tls_context,
-            auth_limiter=FailureThrottle(self.config.smtp.auth_failure_delay, self.config.smtp.max_auth_failures),
-            connections=connections or self.connections,
+            auth_limiter=LocalAuthThrottle(self.auth_failures),
+            connections=self.connections,
         )
 
     async def start(self) -> None:
@@ -111,7 +85,14 @@ class SMTPService:
         if self.processes > 1:
             cert, key = certificate_paths(self.config)
             self._tls_fd = tls_memfd(str(cert), str(key))  # read while still root
-            self.pool = WorkerPool(self, self.processes, self._tls_fd)
+            self.pool = WorkerPool(
+                self.config,
+                self.processes,
+                self._tls_fd,
+                notify=self.runner.notify,
+                connections=self.connections,
+                auth_failures=self.auth_failures,
+            )
             await self.pool.spawn()
         else:
             self.servers = await create_servers(self.context(tls_context), self._listeners)
@@ -119,10 +100,6 @@ class SMTPService:
             self._go_task = asyncio.get_running_loop().create_task(self._go_after_drop())
         else:
             await self._go()
-
-    async def runner_less_start(self) -> None:
-        """A worker process's start: nothing to resume (the master runs the queue)."""
-        self.ready.set()
 
     def _chown_queue(self) -> None:
         try:

@@ -11,13 +11,23 @@ it drops privileges; like the master it loads everything, then drops to ``server
 the same SMTP handler as a single-process server: all-local mail goes straight into Maildir, the rest
 into ``incoming/`` — then the worker tells the master the queue id (``Q <id>``) so the master's runner
 delivers it at once. When a session ends the worker says ``C <client address>`` so the master frees
-the connection slot. The TLS certificate and
-key reach the workers through an in-memory file (memfd) the master filled while still root, so the
-key file may stay readable by root only.
+the connection slot. The TLS certificate and key reach the workers through an in-memory file (memfd)
+the master filled while still root, so the key file may stay readable by root only.
+
+AUTH failures are counted in the master too, for all workers (``smtp.max_auth_failures`` is a limit
+per client address, whichever worker serves it): a worker asks ``B <n> <client>`` (blocked?) or
+reports ``F <n> <client>`` (a failure) and the master answers ``A <n> <failures> <delay> <blocked>``
+on the same channel. A worker whose master does not answer within AUTH_ASK_TIMEOUT seconds counts in
+its own memory meanwhile, so a stuck master never lets a client guess freely.
+
+Channel messages (SOCK_SEQPACKET, one message each, at most MESSAGE_MAX bytes):
+
+    master -> worker   ``<mode> <client>`` with the connection's descriptor; ``A <n> <failures> <delay> <0|1>``
+    worker -> master   ``Q <queue id>``; ``C <client>``; ``B <n> <client>``; ``F <n> <client>``
 
 A worker whose channel reaches end-of-file (the master is gone, even by SIGKILL) stops; the master
 restarts a worker that dies (which needs the Python interpreter to be executable by ``server.user``,
-as it is when mailprov is installed system-wide). AUTH failure counting (``smtp.max_auth_failures``) is per worker process.
+as it is when mailprov is installed system-wide).
 """
 
 from __future__ import annotations
@@ -25,24 +35,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from mailprov import maillog
+from mailprov import config as config_mod
+from mailprov.config import Config
+from mailprov.delivery.local import LocalCourier
 from mailprov.errors import MailprovError
-from mailprov.queue.store import QueueItem
-
-if TYPE_CHECKING:
-    from mailprov.smtp.service import SMTPService
+from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.logsetup import setup_logging
+from mailprov.privileges import drop_privileges, preload
+from mailprov.queue.diskio import DiskIO
+from mailprov.queue.intake import Intake
+from mailprov.queue.store import QueueItem, QueueStore
+from mailprov.smtp.context import SMTPContext, open_directory
+from mailprov.smtp.server import end_sessions, make_factory
 
 log = logging.getLogger("mailprov.smtp")
 MESSAGE_MAX = 512
+AUTH_ASK_TIMEOUT = 5.0  # seconds a worker waits for the master's AUTH-failure count
 READY_TIMEOUT = 60.0  # seconds for the workers to load and say they are ready
 
 
@@ -73,11 +92,31 @@ class _Worker:
     ready: bool = False
 
 
-class WorkerPool:
-    """The master side: accept, limit, hand over; restart workers that die."""
+def auth_reply(throttle: FailureThrottle, kind: str, value: str) -> str:
+    """The master's answer to a worker's ``B <n> <client>`` (blocked?) or ``F <n> <client>`` (a failure,
+    counted here): ``A <n> <failures> <delay> <0|1>``."""
+    number, _, client = value.partition(" ")
+    delay = throttle.fail(client) if kind == "F" else 0.0
+    return f"A {number} {throttle.failures(client)} {delay:.3f} {int(throttle.blocked(client))}"
 
-    def __init__(self, service: SMTPService, count: int, tls_fd: int) -> None:
-        self.service = service
+
+class WorkerPool:
+    """The master side: accept, limit, hand over, count AUTH failures; restart workers that die."""
+
+    def __init__(
+        self,
+        config: Config,
+        count: int,
+        tls_fd: int,
+        *,
+        notify: Callable[[str], None],
+        connections: ConnectionLimiter,
+        auth_failures: FailureThrottle,
+    ) -> None:
+        self.config = config
+        self.notify = notify  # the queue runner's: an item is durable in incoming/
+        self.connections = connections
+        self.auth_failures = auth_failures
         self.count = count
         self.tls_fd = tls_fd
         self.workers: list[_Worker | None] = [None] * count
@@ -92,14 +131,12 @@ class WorkerPool:
 
         for i in range(self.count):
             await self._spawn(i)
-        watcher = reloader(self.service.config)
+        watcher = reloader(self.config)
         if watcher is not None:
             watcher.on_hangup.append(self.hangup)
 
     def hangup(self) -> None:
         """Pass SIGHUP on to every worker (each reloads its own TLS context)."""
-        import signal
-
         for worker in self.workers:
             if worker is not None and worker.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -122,12 +159,11 @@ class WorkerPool:
 
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config = self.service.config
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "mailprov.smtp.workers",
-            config.source,
+            self.config.source,
             str(theirs.fileno()),
             str(self.tls_fd),
             stdin=asyncio.subprocess.DEVNULL,
@@ -155,13 +191,20 @@ class WorkerPool:
                 return
             kind, _, value = data.decode("ascii", "replace").partition(" ")
             if kind == "Q":
-                self.service.runner.notify(value)
+                self.notify(value)
             elif kind == "C":
                 self._release(worker, value)
             elif kind == "R":
                 worker.ready = True
                 if all(w is not None and w.ready for w in self.workers):
                     self._all_ready.set()
+            elif kind in ("B", "F"):
+                self._answer_auth(worker, kind, value)
+
+    def _answer_auth(self, worker: _Worker, kind: str, value: str) -> None:
+        reply = auth_reply(self.auth_failures, kind, value)
+        with contextlib.suppress(OSError):  # a worker that is gone, or not reading: it falls back to its own count
+            worker.channel.send(reply.encode())
 
     def _release(self, worker: _Worker, client: str) -> None:
         left = worker.clients.get(client, 0)
@@ -171,7 +214,7 @@ class WorkerPool:
         if left == 1:
             del worker.clients[client]
         worker.load -= 1
-        self.service.connections.release(client)
+        self.connections.release(client)
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.proc.wait()
@@ -192,7 +235,7 @@ class WorkerPool:
 
     async def _accept(self, mode: str, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        limiter = self.service.connections
+        limiter = self.connections
         while not self._stopping:
             try:
                 conn, addr = await loop.sock_accept(sock)
@@ -208,7 +251,7 @@ class WorkerPool:
                 log.warning("refused connection from [%s]: %s", client, reason)
                 if mode != "submissions":
                     with contextlib.suppress(OSError):
-                        conn.send(f"421 4.7.0 {self.service.config.server.hostname} {reason}\r\n".encode())
+                        conn.send(f"421 4.7.0 {self.config.server.hostname} {reason}\r\n".encode())
                 conn.close()
                 if not refusal:
                     limiter.release(client)
@@ -262,45 +305,85 @@ class ChannelLimiter:
             self.channel.send(f"C {client}".encode())
 
 
-class ChannelQueue:
-    """The worker side of the queue: make the item durable in ``incoming/``, then tell the master."""
+class ChannelAuthThrottle:
+    """The worker side of AUTH-failure counting: the master counts for every worker (see above)."""
 
-    def __init__(self, service: SMTPService, channel: socket.socket) -> None:
-        self.service = service
+    def __init__(self, channel: socket.socket, fallback: FailureThrottle) -> None:
         self.channel = channel
+        self.fallback = fallback  # counts here only while the master does not answer
+        self._numbers = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[tuple[int, float, bool]]] = {}
 
-    async def enqueue(self, item: QueueItem, message: bytes) -> None:
-        store, io = self.service.store, self.service.io
-        item.size = item.size or len(message)
-        item.queued = item.queued or time.time()
-        await io.run(store.write_new, item, message)
-        await io.sync_dir(store.dir("incoming"))
-        maillog.emit(
-            maillog.queued_line(item.id, item.sender, item.size, len(item.recipients), client=item.client, sasl_username=item.auth_user)
-        )
+    async def blocked(self, client: str) -> bool:
+        """Whether ``client`` has used up its attempts (the master's count)."""
+        answer = await self._ask("B", client)
+        return answer[2] if answer else self.fallback.blocked(client)
+
+    async def fail(self, client: str) -> tuple[float, int]:
+        """Record a failure with the master; returns the delay before answering and the failures so far."""
+        answer = await self._ask("F", client)
+        if answer is None:
+            delay = self.fallback.fail(client)
+            return delay, self.fallback.failures(client)
+        return answer[1], answer[0]
+
+    async def _ask(self, kind: str, client: str) -> tuple[int, float, bool] | None:
+        number = str(next(self._numbers))
+        future: asyncio.Future[tuple[int, float, bool]] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = future
+        try:
+            self.channel.send(f"{kind} {number} {client}".encode())
+            return await asyncio.wait_for(future, AUTH_ASK_TIMEOUT)
+        except (OSError, TimeoutError):
+            log.error("the master did not answer an AUTH-failure query for [%s]: counting in this worker", client)
+            return None
+        finally:
+            self._waiting.pop(number, None)
+
+    def answer(self, value: str) -> None:
+        """``A <n> <failures> <delay> <blocked>`` from the master."""
+        number, failures, delay, blocked = [*value.split(" "), "", "", ""][:4]
+        future = self._waiting.get(number)
+        if future is not None and not future.done():
+            with contextlib.suppress(ValueError):
+                future.set_result((int(failures), float(delay), blocked == "1"))
+
+
+def worker_context(
+    config: Config, channel: socket.socket, tls_context: ssl.SSLContext, io: DiskIO, auth: ChannelAuthThrottle
+) -> SMTPContext:
+    """A worker process's context: its own directory and Maildir writer; the queue runner, the
+    connection limits and the AUTH-failure counts are the master's, reached over ``channel``."""
+
+    def tell_master(item: QueueItem, message: bytes) -> None:
         with contextlib.suppress(OSError):  # if the master is gone, its next start finds the durable item
-            self.channel.send(f"Q {item.id}".encode())
+            channel.send(f"Q {item.id}".encode())
+
+    directory = open_directory(config)
+    local = LocalCourier(config, directory, io=io)
+    return SMTPContext(
+        config=config,
+        directory=directory,
+        intake=Intake(QueueStore(config.paths.queue_dir), io, local, tell_master),
+        tls_context=tls_context,
+        auth_limiter=auth,
+        connections=ChannelLimiter(channel),
+    )
 
 
 async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     """A worker's life: receive connections from the master until the channel closes or SIGTERM."""
-    import signal
-
-    from mailprov import config as config_mod
-    from mailprov.privileges import drop_privileges
-    from mailprov.smtp.server import end_sessions, make_factory
-    from mailprov.smtp.service import SMTPService
+    from mailprov.tls import start_reloading, watch
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until start_reloading handles it: never die of a reload
     config = config_mod.load(config_path)
     channel = socket.socket(fileno=channel_fd)
     channel.setblocking(False)
-    service = SMTPService(config, wait_for_drop=False, worker=True)
-    from mailprov.tls import start_reloading, watch
-
-    tls_context = watch(config, context_from_fd(tls_fd))
-    ctx = service.context(tls_context, runner=ChannelQueue(service, channel), connections=ChannelLimiter(channel))
+    io = DiskIO(threads=8)
+    auth = ChannelAuthThrottle(channel, FailureThrottle(config.smtp.auth_failure_delay, config.smtp.max_auth_failures))
+    ctx = worker_context(config, channel, watch(config, context_from_fd(tls_fd)), io, auth)
     factories = {mode: make_factory(ctx, mode) for mode in ("mx", "submission", "submissions")}
+    preload()
     drop_privileges(config)  # no-op unless root
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -308,7 +391,7 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
         loop.add_signal_handler(sig, done.set)
     sessions: set[asyncio.Task[object]] = set()
 
-    def on_connection() -> None:
+    def on_message() -> None:
         for _ in range(64):
             try:
                 data, fds, _flags, _addr = socket.recv_fds(channel, MESSAGE_MAX, 1)
@@ -320,18 +403,20 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
                 loop.remove_reader(channel_fd)
                 done.set()
                 return
-            mode, _, client = data.decode("ascii", "replace").partition(" ")
+            mode, _, value = data.decode("ascii", "replace").partition(" ")
+            if mode == "A":
+                auth.answer(value)
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 if mode not in factories:
                     conn.close()
-                    ctx.connections.release(client)
+                    ctx.connections.release(value)
                     continue
                 task = loop.create_task(
                     loop.connect_accepted_socket(factories[mode], conn, ssl=ctx.tls_context if mode == "submissions" else None)
                 )
                 sessions.add(task)
-                task.add_done_callback(functools.partial(_session_started, client))
+                task.add_done_callback(functools.partial(_session_started, value))
 
     def _session_started(client: str, task: asyncio.Task[object]) -> None:
         sessions.discard(task)
@@ -341,22 +426,18 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
             log.info("connection from [%s] ended before the session: %s", client, None if task.cancelled() else task.exception())
             ctx.connections.release(client)
 
-    await service.runner_less_start()
     start_reloading(config)  # a renewed certificate reaches new sessions of this worker too
-    loop.add_reader(channel_fd, on_connection)
+    loop.add_reader(channel_fd, on_message)
     channel.send(b"R")  # ready: the master counts the service ready once every worker said so
     await done.wait()
     with contextlib.suppress(ValueError, OSError):
         loop.remove_reader(channel_fd)
     await end_sessions(10.0)  # let running sessions finish their transaction (bounded), then go
-    service.io.close()
+    io.close()
 
 
 def main(argv: list[str]) -> int:
     """``python -m mailprov.smtp.workers CONFIG CHANNEL_FD TLS_FD``."""
-    from mailprov import config as config_mod
-    from mailprov.logsetup import setup_logging
-
     config = config_mod.load(argv[0])
     setup_logging(config)
     with contextlib.suppress(KeyboardInterrupt):

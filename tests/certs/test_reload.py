@@ -1,14 +1,15 @@
 """A renewed certificate reaches new connections of a running server without dropping a session or a message.
 
-``mailprov serve all`` (SMTP with two worker processes, POP3) runs with the certificate from Pebble; a
+``mailprov serve all`` (SMTP with two worker processes, POP3, IMAP) runs with the certificate from Pebble; a
 forced renewal (new key) replaces the files; within ``tls.reload_interval`` every new TLS connection
-(STARTTLS on 25, implicit TLS on 465 and 995) presents the new certificate, while an SMTP session that
+(STARTTLS on SMTP and IMAP, implicit TLS on 465, 995 and 993) presents the new certificate, while an SMTP session that
 began its transaction under the old one completes it (250, RFC 5321 4.1.1.4) and the message is in the
 Maildir. ``mailprov probe --expect-cert`` then sees the new one and reports its issuer and days left.
 """
 
 from __future__ import annotations
 
+import imaplib
 import json
 import smtplib
 import socket
@@ -43,6 +44,15 @@ def served_starttls(port: int) -> bytes:
     with smtplib.SMTP(HOST_ADDRESS, port, timeout=10) as smtp:
         smtp.starttls(context=no_verify())
         return smtp.sock.getpeercert(binary_form=True)
+
+
+def served_imap_starttls(port: int) -> bytes:
+    client = imaplib.IMAP4(HOST_ADDRESS, port, timeout=10)
+    try:
+        client.starttls(ssl_context=no_verify())
+        return client.sock.getpeercert(binary_form=True)
+    finally:
+        client.logout()
 
 
 def served_implicit(port: int) -> bytes:
@@ -90,6 +100,11 @@ def test_renewal_reaches_new_connections_and_the_open_session_finishes(make_host
         while time.monotonic() < deadline and served_implicit(pop3s_port) != leaf_der(new_pem):
             time.sleep(0.2)
         assert served_implicit(pop3s_port) == leaf_der(new_pem)
+        deadline = time.monotonic() + RELOAD_WAIT
+        while time.monotonic() < deadline and served_implicit(tree.ports["imaps"]) != leaf_der(new_pem):
+            time.sleep(0.2)
+        assert served_implicit(tree.ports["imaps"]) == leaf_der(new_pem)
+        assert served_imap_starttls(tree.ports["imap"]) == leaf_der(new_pem)
 
         # The session that began under the old certificate keeps it and completes its message.
         assert session.sock.getpeercert(binary_form=True) == leaf_der(old_pem)
@@ -115,6 +130,10 @@ def test_renewal_reaches_new_connections_and_the_open_session_finishes(make_host
                 tree.data["pop3"]["listen"][0].rsplit(":", 1)[1],
                 "--pop3s-port",
                 str(pop3s_port),
+                "--imap-port",
+                str(tree.ports["imap"]),
+                "--imaps-port",
+                str(tree.ports["imaps"]),
                 "--resolver",
                 "127.0.15.53:8053",
                 "--expect-cert",
@@ -128,7 +147,7 @@ def test_renewal_reaches_new_connections_and_the_open_session_finishes(make_host
         )
         checks = json.loads(probe.stdout)["domains"][0]["checks"]
         tls = [c for c in checks if c["id"] == "probe.tls"]
-        assert len(tls) == 5 and all(c["status"] == "pass" for c in tls), tls
+        assert len(tls) == 7 and all(c["status"] == "pass" for c in tls), tls
         certs = [c for c in checks if c["id"] == "probe.cert"]
         assert certs and all(c["status"] == "pass" and "issued by Pebble Intermediate CA" in c["summary"] for c in certs), certs
         assert "loaded the new certificate" in server.log()

@@ -102,6 +102,8 @@ def acme_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
                 "mailprov_mta_outbound_mta_sts": False,
                 "mailprov_pop3_listen": ["{{ ansible_host }}:110"],
                 "mailprov_pop3_tls_listen": ["{{ ansible_host }}:995"],
+                "mailprov_imap_listen": ["{{ ansible_host }}:143"],
+                "mailprov_imap_tls_listen": ["{{ ansible_host }}:993"],
                 "mailprov_preflight_resolvers": [dns],
                 "mailprov_preflight_addresses": ["{{ ansible_host }}"],
                 "mailprov_probe_resolvers": [dns],
@@ -143,7 +145,8 @@ def test_deploy_issues_from_the_ca_and_enables_the_renewal_timer(acme_host: Host
 
 def test_the_timers_unit_renews_and_the_running_services_serve_the_new_certificate(acme_host: Host) -> None:
     assert acme_host.deploy.ok
-    pids = {u: acme_host.run("systemctl", "show", "-p", "MainPID", "--value", u).stdout.strip() for u in ("mailprov-smtp", "mailprov-pop3")}
+    units = ("mailprov-smtp", "mailprov-pop3", "mailprov-imap")
+    pids = {u: acme_host.run("systemctl", "show", "-p", "MainPID", "--value", u).stdout.strip() for u in units}
     old = acme_host.cert.read_bytes()
     # Make the installed certificate due (Pebble's last 5 years), then run the unit as the timer does.
     acme_host.run("sed", "-i", "s/^renew_before_days = .*/renew_before_days = 3650/", "/etc/mailprov/acme.toml")
@@ -165,11 +168,11 @@ def test_the_timers_unit_renews_and_the_running_services_serve_the_new_certifica
         )  # fmt: skip
         checks = json.loads(probe.stdout)["domains"][0]["checks"]
         tls = [c for c in checks if c["id"] == "probe.tls"]
-        if (len(tls) == 5 and all(c["status"] == "pass" for c in tls)) or time.monotonic() > deadline:
+        if (len(tls) == 7 and all(c["status"] == "pass" for c in tls)) or time.monotonic() > deadline:
             break
         time.sleep(2)
     TIMINGS["renewal seen by probe, no restart"] = time.monotonic() - started
-    assert len(tls) == 5 and all(c["status"] == "pass" for c in tls), tls
+    assert len(tls) == 7 and all(c["status"] == "pass" for c in tls), tls
     assert all(c["status"] == "pass" for c in checks if c["id"] == "probe.cert")
     after = {u: acme_host.run("systemctl", "show", "-p", "MainPID", "--value", u).stdout.strip() for u in pids}
     assert after == pids, "the services loaded the certificate without a restart"

@@ -8,9 +8,11 @@ address with the lab's ports. Knot on 127.0.6.53 serves their A, MX and PTR reco
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ SSHD_ADDRESS, SSHD_PORT = "127.0.6.2", 2622
 DNS_ADDRESS, DNS_PORT = "127.0.6.53", 3553
 BROKEN_DNS_ADDRESS = "127.0.6.54"
 # Ports away from the demo's (2525, ...) so a running demo does not disturb the tests.
-PORTS = {"smtp": 3025, "submission": 3587, "submissions": 3465, "pop3": 3110, "pop3s": 3995}
+PORTS = {"smtp": 3025, "submission": 3587, "submissions": 3465, "pop3": 3110, "pop3s": 3995, "imap": 3143, "imaps": 3993}
 PROBE_SOURCE = "127.0.6.99"  # outside every trusted network: relay must be refused from here
 
 
@@ -60,16 +62,27 @@ def zones(ptr_10: str = "mail.alpha.test.") -> dict[str, str]:
     return out
 
 
-def make_hosts(root: Path) -> list[LabHost]:
-    """alpha and beta, each with a world-traversable prefix under ``root``."""
-    hosts = [
-        LabHost("mail.alpha.test", "alpha.test", "127.0.6.10", root / "alpha", "alex@alpha.test", "alex-lab-secret"),
-        LabHost("mail.beta.test", "beta.test", "127.0.6.20", root / "beta", "john@beta.test", "john-lab-secret"),
+def host_root(name: str) -> Path:
+    """A new directory playing a host's root file system (``/``, mode 0755 as on any host), directly in /tmp:
+    the services a deployment starts there drop to the mailprov user, who must reach their prefix (not
+    below pytest's or the lab's private, mode-0700 directories). Remove it with :func:`remove_hosts`."""
+    prefix = Path(tempfile.mkdtemp(prefix=f"mailprov-lab-{name}-", dir="/tmp"))
+    prefix.chmod(0o755)
+    return prefix
+
+
+def make_hosts() -> list[LabHost]:
+    """alpha and beta, each with a host root of its own (:func:`host_root`)."""
+    return [
+        LabHost("mail.alpha.test", "alpha.test", "127.0.6.10", host_root("alpha"), "alex@alpha.test", "alex-lab-secret"),
+        LabHost("mail.beta.test", "beta.test", "127.0.6.20", host_root("beta"), "john@beta.test", "john-lab-secret"),
     ]
+
+
+def remove_hosts(hosts: list[LabHost]) -> None:
+    """Remove the hosts' root directories."""
     for host in hosts:
-        host.prefix.mkdir(parents=True, exist_ok=True)
-        host.prefix.chmod(0o755)
-    return hosts
+        shutil.rmtree(host.prefix, ignore_errors=True)
 
 
 def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost], dns: str, wheel: str, **extra: object) -> Path:
@@ -101,6 +114,9 @@ def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost],
         "mailprov_pop3_listen": ["{{ lab_address }}:" + str(PORTS["pop3"])],
         "mailprov_pop3_tls_listen": ["{{ lab_address }}:" + str(PORTS["pop3s"])],
         "mailprov_pop3_auth_failure_delay": 0.1,
+        "mailprov_imap_listen": ["{{ lab_address }}:" + str(PORTS["imap"])],
+        "mailprov_imap_tls_listen": ["{{ lab_address }}:" + str(PORTS["imaps"])],
+        "mailprov_imap_auth_failure_delay": 0.1,
         "mailprov_preflight_resolvers": [dns],
         "mailprov_preflight_addresses": ["{{ lab_address }}"],
         "mailprov_probe_resolvers": [dns],
@@ -135,7 +151,7 @@ def write_inventory(path: Path, sshd_vars: dict[str, str], hosts: list[LabHost],
 def stop_services(hosts: list[LabHost]) -> None:
     """Stop every service a deployment started (the process manager's pid files under each prefix)."""
     for host in hosts:
-        for service in ("smtp", "pop3"):
+        for service in ("smtp", "pop3", "imap"):
             pidfile = host.prefix / "run" / "mailprov" / f"{service}.pid"
             if pidfile.exists():
                 subprocess.run(

@@ -51,10 +51,14 @@ def test_probe_of_a_host_with_nothing_listening_fails_naming_each_port() -> None
         "3904",
         "--pop3s-port",
         "3905",
+        "--imap-port",
+        "3906",
+        "--imaps-port",
+        "3907",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert result.output.count("FAIL  probe.port") == 5
+    assert result.output.count("FAIL  probe.port") == 7
     assert "Traceback" not in result.output
 
 
@@ -74,5 +78,25 @@ def test_failure_message_names_task_host_and_message() -> None:
         result.raise_for_failure()
     except MailprovError as exc:
         assert str(exc).startswith("deploy failed on mail.alpha.test at task 'mailprov_mta : Write the MTA configuration': boom")
+    else:
+        raise AssertionError("no error raised")
+
+
+def test_failure_message_names_the_reason_after_a_rescued_failure() -> None:
+    """A unit that does not start: the start task fails, the rescue fails again with the journal. Name that one."""
+    from mailprov.deploy.runner import Failure
+    from mailprov.errors import MailprovError
+
+    result = PlaybookResult(
+        returncode=2,
+        failures=[
+            Failure("mail.gamma.test", "mailprov_pop3 : Enable and start mailprov-pop3", "failed", "Unable to start service"),
+            Failure("mail.gamma.test", "mailprov_base : Fail with the journal's reason", "failed", "address already in use"),
+        ],
+    )
+    try:
+        result.raise_for_failure()
+    except MailprovError as exc:
+        assert "at task 'mailprov_base : Fail with the journal's reason': address already in use" in str(exc)
     else:
         raise AssertionError("no error raised")

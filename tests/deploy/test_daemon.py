@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -28,8 +29,9 @@ ADDRESS = "127.0.6.40"
 @pytest.fixture
 def tree() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="mailprov-daemon-"))
-    root.chmod(0o755)  # run as root, the service drops to nobody
     user = "nobody" if os.geteuid() == 0 else getpass.getuser()
+    if os.geteuid() == 0:  # run as root, the service drops to nobody: its tree is nobody's, as a deploy makes it
+        os.chown(root, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     (root / "mailprov.toml").write_text(
         f"""[server]
 hostname = "mail.daemon.test"

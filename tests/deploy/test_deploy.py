@@ -151,10 +151,9 @@ def test_probe_passes_on_both_hosts(deployed, name: str) -> None:
 def test_probe_fails_on_an_open_relay_naming_the_reason(deployed) -> None:
     """A copy of alpha's configuration with trusted_networks = 0.0.0.0/0, served on 127.0.6.30."""
     alpha = deployed.host("mail.alpha.test")
-    relay = lab.LabHost("mail.alpha.test", "alpha.test", "127.0.6.30", deployed.root / "hosts" / "openrelay", alpha.user, alpha.password)
+    relay = lab.LabHost("mail.alpha.test", "alpha.test", "127.0.6.30", lab.host_root("openrelay"), alpha.user, alpha.password)
     etc = relay.prefix / "etc" / "mailprov"
     shutil.copytree(alpha.prefix / "etc", relay.prefix / "etc")
-    relay.prefix.chmod(0o755)
     for path in [etc, *etc.rglob("*")]:  # copies lose the group that lets the service user read them
         src = alpha.prefix / path.relative_to(relay.prefix)
         os.chown(path, src.stat().st_uid, src.stat().st_gid)
@@ -196,6 +195,7 @@ def test_probe_fails_on_an_open_relay_naming_the_reason(deployed) -> None:
         for service in ("smtp", "pop3"):
             with contextlib.suppress(Exception):
                 subprocess.run([*daemon, "stop", "--pidfile", str(run / f"{service}.pid")], capture_output=True, cwd=lab.REPO, timeout=60)
+        lab.remove_hosts([relay])
 
 
 def test_teardown_helper_stops_services(deployed, tmp_path: Path) -> None:

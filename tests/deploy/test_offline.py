@@ -96,9 +96,7 @@ def offline(lab_root: Path, offline_wheels: tuple[Path, Path], index: Index) -> 
     """mail.offline.test deployed in offline mode, then deployed again (the idempotence run)."""
     require_programs("sshd", "ssh", "openssl")
     root = lab_root / "offline"
-    host = lab.LabHost("mail.offline.test", "offline.test", ADDRESS, root / "host", "olga@offline.test", "olga-lab-secret")
-    host.prefix.mkdir(parents=True, exist_ok=True)
-    host.prefix.chmod(0o755)
+    host = lab.LabHost("mail.offline.test", "offline.test", ADDRESS, lab.host_root("offline"), "olga@offline.test", "olga-lab-secret")
     cache, wheel = offline_wheels
     result = Offline(host)
     with SSHD(root / "sshd", ADDRESS, SSHD_PORT) as sshd:
@@ -126,6 +124,7 @@ def offline(lab_root: Path, offline_wheels: tuple[Path, Path], index: Index) -> 
             yield result
         finally:
             lab.stop_services([host])
+            lab.remove_hosts([host])
 
 
 def test_offline_deploy_succeeds_without_a_package_index(offline: Offline, index: Index) -> None:

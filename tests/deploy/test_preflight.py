@@ -26,9 +26,9 @@ def broken_dns(tmp_path: Path):
         yield f"{knot.address}:{knot.port}"
 
 
-def test_broken_ptr_stops_the_deploy_before_any_host_is_changed(tmp_path: Path, broken_dns: str) -> None:
-    root = tmp_path / "hosts"
-    hosts = lab.make_hosts(root)
+def test_broken_ptr_stops_the_deploy_before_any_host_is_changed(tmp_path: Path, broken_dns: str, request: pytest.FixtureRequest) -> None:
+    hosts = lab.make_hosts()
+    request.addfinalizer(lambda: lab.remove_hosts(hosts))
     # Unreachable hosts on purpose: the pre-flight runs on the controller, so no connection is ever needed.
     sshd_vars = {"ansible_host": "127.0.6.3", "ansible_port": "1", "ansible_connection": "ssh"}
     inventory = lab.write_inventory(tmp_path / "inventory.yml", sshd_vars, hosts, broken_dns, "/nonexistent.whl")
@@ -43,9 +43,10 @@ def test_broken_ptr_stops_the_deploy_before_any_host_is_changed(tmp_path: Path, 
         assert list(host.prefix.iterdir()) == [], f"{host.name} was touched"
 
 
-def test_allow_failure_is_explicit(tmp_path: Path, broken_dns: str) -> None:
+def test_allow_failure_is_explicit(tmp_path: Path, broken_dns: str, request: pytest.FixtureRequest) -> None:
     """With mailprov_preflight_allow_failure the pre-flight reports and lets the play go on (preflight.yml only)."""
-    hosts = lab.make_hosts(tmp_path / "hosts")
+    hosts = lab.make_hosts()
+    request.addfinalizer(lambda: lab.remove_hosts(hosts))
     sshd_vars = {"ansible_host": "127.0.6.3", "ansible_port": "1", "ansible_connection": "ssh"}
     inventory = lab.write_inventory(
         tmp_path / "inventory.yml", sshd_vars, hosts, broken_dns, "/nonexistent.whl", mailprov_preflight_allow_failure=True

@@ -19,6 +19,7 @@ def test_the_expected_roles_exist() -> None:
         "mailprov_users",
         "mailprov_mta",
         "mailprov_pop3",
+        "mailprov_imap",
         "mailprov_probe",
     } <= set(ROLES)
 

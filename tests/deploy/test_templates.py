@@ -48,9 +48,13 @@ def test_config_renders_with_role_defaults_and_loads(rendered: Path) -> None:
     pop3 = config_mod.load(rendered / "pop3.toml")
     assert pop3.pop3.listen == ["0.0.0.0:110"] and pop3.pop3.tls_listen == ["0.0.0.0:995"]
     assert "[smtp]" not in (rendered / "pop3.toml").read_text()  # each service restarts only for its own file
+    imap = config_mod.load(rendered / "imap.toml")
+    assert imap.imap.listen == ["0.0.0.0:143"] and imap.imap.tls_listen == ["0.0.0.0:993"]
+    assert imap.imap.idle_timeout == 1800 and imap.imap.append_limit == 52428800
+    assert "[pop3]" not in (rendered / "imap.toml").read_text() and "[smtp]" not in (rendered / "imap.toml").read_text()
 
 
-@pytest.mark.parametrize("unit", ["mailprov-smtp.service", "mailprov-pop3.service"])
+@pytest.mark.parametrize("unit", ["mailprov-smtp.service", "mailprov-pop3.service", "mailprov-imap.service"])
 def test_units_verify_and_are_hardened(rendered: Path, unit: str) -> None:
     require_programs("systemd-analyze")
     path = rendered / unit

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -73,7 +74,8 @@ class SmtpSink:
         self.ip = ip
         self.port = free_port(ip)
         self.dir = Path(tempfile.mkdtemp(prefix="mailprov-sink-", dir="/tmp"))
-        self.dir.chmod(0o777)
+        if os.geteuid() == 0:  # smtp-sink -u nobody writes its dumps here as nobody
+            os.chown(self.dir, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SmtpSink:

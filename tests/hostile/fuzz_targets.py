@@ -34,7 +34,8 @@ from mailprov.dns.mta_sts import parse_mta_sts, parse_tls_rpt
 from mailprov.dns.spf import parse_spf
 from mailprov.dns.tags import parse_tags
 from mailprov.errors import UsageError
-from mailprov.pop3.mailbox import crlf_size, render_bytes, top_bytes
+from mailprov.maildir import crlf_size
+from mailprov.pop3.mailbox import render_bytes, top_bytes
 from mailprov.queue.dsn import build_dsn
 from mailprov.queue.store import QueueItem, Recipient
 from mailprov.smtp.address import AddressError, parse_address

@@ -188,7 +188,8 @@ def probe(installed: Session, *extra: str) -> dict:
             str(installed.mailprov), "probe", "mail.alpha.test", "--address", installed.host.address,
             "--smtp-port", str(lab.PORTS["smtp"]), "--submission-port", str(lab.PORTS["submission"]),
             "--submissions-port", str(lab.PORTS["submissions"]), "--pop3-port", str(lab.PORTS["pop3"]),
-            "--pop3s-port", str(lab.PORTS["pop3s"]), "--resolver", f"{DNS_ADDRESS}:{DNS_PORT}",
+            "--pop3s-port", str(lab.PORTS["pop3s"]), "--imap-port", str(lab.PORTS["imap"]),
+            "--imaps-port", str(lab.PORTS["imaps"]), "--resolver", f"{DNS_ADDRESS}:{DNS_PORT}",
             "--source-address", PROBE_SOURCE, "--format", "json", *extra,
         ],
         env=installed.env,
@@ -208,7 +209,7 @@ def test_renewal_on_the_host_reaches_the_running_services(installed: Session) ->
     TIMINGS["forced renewal on the host"] = time.monotonic() - started
     assert renewed.returncode == 0 and "issued by Pebble" in renewed.stdout, renewed.stdout + renewed.stderr
     assert host.cert.read_bytes() != old
-    for service in ("smtp", "pop3"):  # what an operator (or a deploy hook) does to load it at once
+    for service in ("smtp", "pop3", "imap"):  # what an operator (or a deploy hook) does to load it at once
         os.kill(int((host.prefix / "run" / "mailprov" / f"{service}.pid").read_text()), signal.SIGHUP)
     deadline = time.monotonic() + 30
     result = probe(installed, "--expect-cert", str(host.cert))
@@ -217,7 +218,7 @@ def test_renewal_on_the_host_reaches_the_running_services(installed: Session) ->
         result = probe(installed, "--expect-cert", str(host.cert))
     TIMINGS["renewal seen by probe (after SIGHUP)"] = time.monotonic() - started
     tls = [c for c in result["checks"] if c["id"] == "probe.tls"]
-    assert len(tls) == 5 and all(c["status"] == "pass" for c in tls), tls
+    assert len(tls) == 7 and all(c["status"] == "pass" for c in tls), tls
     certs = [c for c in result["checks"] if c["id"] == "probe.cert"]
     assert certs and all(c["status"] == "pass" and "Pebble Intermediate CA" in c["summary"] for c in certs), certs
     assert result["rc"] == 0, result

@@ -141,7 +141,7 @@ def make_dkim_key(directory: Path) -> tuple[Path, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = directory / f"{DKIM_SELECTOR}._domainkey.alpha.test.key"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.chmod(0o644)  # the test server runs as nobody; a real deployment keeps it 0600 for the service user
+    path.chmod(0o600)  # root's only, as 'mailprov dns plan' writes it: the server loads it before the drop
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     value = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
     chunks = [value[i : i + 250] for i in range(0, len(value), 250)]
@@ -156,7 +156,6 @@ def knot(tmp_path_factory: pytest.TempPathFactory):
     from tests.peers.knot import KnotServer
 
     workdir = tmp_path_factory.mktemp("knot")
-    workdir.chmod(0o755)
     key_path, txt = make_dkim_key(workdir)
     zones = {"out.test": OUT_ZONE, "alpha.test": alpha_zone(txt), "beta.test": BETA_ZONE, "gamma.test": GAMMA_ZONE}
     server = KnotServer(workdir, DNS_ADDR, DNS_PORT, zones)

@@ -85,7 +85,6 @@ def test_alex_to_postfix_through_the_queue_signed_and_encrypted(knot, postfix, s
         # (outbound.tls rather than tls_policies: the test helper's TOML writer does not quote dotted keys)
         outbound={"dkim_selector": DKIM_SELECTOR, "dkim_key": str(knot.dkim_key), "tls": "verify"},
     )
-    test_ca.ca_file.chmod(0o644)
     proc = servers(alpha, env={"SSL_CERT_FILE": str(test_ca.ca_file)})  # verify trusts the test CA
     body = (
         "From: Alex <alex@alpha.test>\r\nTo: john@gamma.test\r\nSubject: via postfix\r\n"

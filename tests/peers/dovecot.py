@@ -1,4 +1,4 @@
-"""A private Dovecot POP3 instance for tests and benchmarks (``dovecot -c FILE``, ``doveadm -c FILE stop``).
+"""Private Dovecot POP3 and IMAP instances for tests and benchmarks (``dovecot -c FILE``, ``doveadm -c FILE stop``).
 
 Users come from a passwd-file with PLAIN passwords; mail lives in ``ROOT/mail/DOMAIN/LOCAL`` (Maildir),
 the same layout as mailprov's ``paths.mail_dir``, so both servers can be pointed at alike mailboxes.
@@ -20,20 +20,20 @@ import time
 from pathlib import Path
 
 MAIL_USER = "mail"
-CONFIG = """\
+# What both protocols share; {{protocol}} is pop3 or imap.
+_COMMON = """\
 base_dir = {root}/run
 state_dir = {root}/state
-instance_name = mailprov-test-{port}
+instance_name = mailprov-test-{{protocol}}-{port}
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = pop3
+protocols = {{protocol}}
 listen = {host}
 ssl = no
 disable_plaintext_auth = no
 first_valid_uid = 1
 auth_mechanisms = plain
 mail_location = maildir:{root}/mail/%d/%n
-pop3_uidl_format = %f
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
@@ -42,12 +42,12 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root}/home/%d/%n
 }}
-service pop3-login {{
-  inet_listener pop3 {{
+service {{protocol}}-login {{
+  inet_listener {{protocol}} {{
     address = {host}
     port = {port}
   }}
-  inet_listener pop3s {{
+  inet_listener {{protocol}}s {{
     port = 0
   }}
   process_min_avail = 1
@@ -56,12 +56,41 @@ service anvil {{
   chroot =
 }}
 """
+CONFIG = _COMMON.replace("{{protocol}}", "pop3") + "pop3_uidl_format = %f\n"
+
+# IMAP on the Maildir++ layout mailprov's IMAP store writes (mailprov/imap/store.py): '.' separator, no
+# prefix, INBOX the root Maildir, the four special-use folders marked as mailprov marks them.
+IMAP_CONFIG = (
+    _COMMON.replace("{{protocol}}", "imap")
+    + """\
+namespace inbox {{
+  inbox = yes
+  separator = .
+  prefix =
+  mailbox Sent {{
+    special_use = \\Sent
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+}}
+"""
+)
 
 
 class DovecotPOP3:
     """Dovecot serving POP3 on ``host:port`` for ``users`` ({address: password}). A password that is
     an argon2id PHC string (``$argon2id$...``, as in mailprov's users file) is used as that hash, so
     both servers can check the same hashes."""
+
+    CONFIG = CONFIG
+    GREETING = b"+OK"
 
     def __init__(self, root: Path, host: str, port: int, users: dict[str, str]) -> None:
         self.root = root
@@ -105,7 +134,7 @@ class DovecotPOP3:
         user = pwd.getpwnam(MAIL_USER)
         self.own()
         (self.root / "passwd").write_text("".join(f"{a}:{_scheme(p)}\n" for a, p in self.users.items()))
-        self.conf.write_text(CONFIG.format(root=self.root, host=self.host, port=self.port, uid=user.pw_uid, gid=user.pw_gid))
+        self.conf.write_text(self.CONFIG.format(root=self.root, host=self.host, port=self.port, uid=user.pw_uid, gid=user.pw_gid))
         # Dovecot daemonizes; its children inherit the standard streams, so never capture them with pipes.
         with open(self.root / "start.log", "wb") as out:
             done = subprocess.run([_program("dovecot"), "-c", str(self.conf)], stdout=out, stderr=out, timeout=30)
@@ -114,7 +143,7 @@ class DovecotPOP3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1) as sock:
-                if sock.recv(100).startswith(b"+OK"):
+                if sock.recv(100).startswith(self.GREETING):
                     return self
             time.sleep(0.05)
         self.stop()
@@ -136,6 +165,13 @@ class DovecotPOP3:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class DovecotIMAP(DovecotPOP3):
+    """Dovecot serving IMAP (``dovecot-imapd``) on ``host:port`` over the same mail tree layout."""
+
+    CONFIG = IMAP_CONFIG
+    GREETING = b"* OK"
 
 
 def _program(name: str) -> str:

@@ -11,9 +11,11 @@ Reused by the SMTP, outbound, POP3 and reliability tests::
     server.stop()                                  # SIGTERM, then SIGKILL of the process group
 
 or with the pytest fixture ``mailprov_server`` (a factory that stops every server it started). The tree
-lives in a world-traversable temporary directory: when the tests run as root, ``mailprov serve`` binds
-and then drops to ``server.user`` (``nobody`` here), which must be able to read the users file and
-write the queue and mail directories; ``add_user`` and ``chown`` take care of that.
+lives in a private temporary directory (mode 0700, as ``mkdtemp`` makes it): when the tests run as root,
+``mailprov serve`` binds and then drops to ``server.user`` (``nobody`` here), which must be able to read
+the users file and write the queue and mail directories, so the tree is handed to that user as a
+deployment hands it the service's directories (``chown``; ``add_user`` keeps it so). Nothing is made
+world-readable: the server imports everything it needs before the drop (mailprov.privileges).
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ class MailprovTree:
         or extend tables, e.g. ``smtp={"trusted_networks": []}``, ``queue={"retry_min": 1}``."""
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="mailprov-test-", dir="/tmp"))
-        root.chmod(0o755)
-        ports = {"smtp": free_port(ip), "submission": free_port(ip), "submissions": free_port(ip)}
+        ports = {
+            "smtp": free_port(ip),
+            "submission": free_port(ip),
+            "submissions": free_port(ip),
+            "imap": free_port(ip),
+            "imaps": free_port(ip),
+        }
         data: dict[str, dict[str, Any]] = {
             "server": {"hostname": hostname, "domains": list(domains), "user": RUN_USER, "log_level": "info"},
             "paths": {
@@ -102,6 +109,7 @@ class MailprovTree:
             },
             "queue": {"scan_interval": 0.5},
             "pop3": {"listen": [f"{ip}:{free_port(ip)}"], "tls_listen": [f"{ip}:{free_port(ip)}"]},
+            "imap": {"listen": [f"{ip}:{ports['imap']}"], "tls_listen": [f"{ip}:{ports['imaps']}"]},
         }
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)
@@ -136,10 +144,10 @@ class MailprovTree:
         self.chown()
 
     def chown(self) -> None:
-        """When root: hand the tree to the service user (``mailprov serve`` drops to it)."""
+        """When root: hand the tree to the service user, ``server.user`` (``mailprov serve`` drops to it)."""
         if os.geteuid() != 0:
             return
-        user = pwd.getpwnam(RUN_USER)
+        user = pwd.getpwnam(self.data["server"]["user"])
         for dirpath, _dirnames, filenames in os.walk(self.root):
             os.chown(dirpath, user.pw_uid, user.pw_gid)
             for name in filenames:
@@ -180,7 +188,15 @@ class MailprovProcess:
             self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; SIGKILL the group if it does not exit in time. Returns the exit code."""
+        """SIGTERM and wait; SIGKILL the group if it does not exit in time. Returns the exit code.
+        Fails when the server imported a module after dropping privileges (mailprov.privileges logs it):
+        run from code its user cannot read, that import would have failed."""
+        self._stop(timeout)
+        late = [line for line in self.log().splitlines() if "after dropping privileges" in line]
+        assert not late, "modules imported after the privilege drop (add them to mailprov.privileges.PRELOAD):\n" + "\n".join(late)
+        return self.proc.returncode
+
+    def _stop(self, timeout: float) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -191,12 +207,13 @@ class MailprovProcess:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # stray children of an exited leader
-        return self.proc.returncode
 
 
-def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False) -> None:
-    """Poll until ``host:port`` answers with a 220 banner (bounded by ``deadline``); for an implicit-TLS
-    port (``tls``) a completed TLS handshake is the proof."""
+def wait_for_banner(
+    host: str, port: int, deadline: float, proc: subprocess.Popen[bytes] | None = None, *, tls: bool = False, greeting: bytes = b"220"
+) -> None:
+    """Poll until ``host:port`` answers with a banner starting with ``greeting`` (SMTP's 220 by default,
+    bounded by ``deadline``); for an implicit-TLS port (``tls``) a completed TLS handshake is the proof."""
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -210,13 +227,13 @@ def wait_for_banner(host: str, port: int, deadline: float, proc: subprocess.Pope
                     with context.wrap_socket(s, server_hostname=host):
                         return
                 banner = s.recv(512)
-                if banner.startswith(b"220"):
+                if banner.startswith(greeting):
                     return
                 last = RuntimeError(f"unexpected banner {banner!r}")
         except OSError as exc:
             last = exc
         time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not answer 220 in time: {last}")
+    raise TimeoutError(f"{host}:{port} did not answer {greeting!r} in time: {last}")
 
 
 def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 30.0, env: dict[str, str] | None = None) -> MailprovProcess:
@@ -242,7 +259,11 @@ def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 
             for address in config.smtp.submissions_listen:
                 host, port = config_mod.parse_hostport(address, key="smtp")
                 wait_for_banner(host, port, deadline, proc, tls=True)
+        if services in ("imap", "all"):
+            for address in config.imap.listen:
+                host, port = config_mod.parse_hostport(address, key="imap")
+                wait_for_banner(host, port, deadline, proc, greeting=b"* OK")
     except BaseException as exc:
-        server.stop()
+        server._stop(15.0)
         raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None
     return server

@@ -74,7 +74,11 @@ def _hostport(value: str) -> tuple[str, int]:
 
 
 class POP3Thread:
-    """POP3Service running in its own event loop on a background thread."""
+    """POP3Service running in its own event loop on a background thread (subclasses set ``service_class``
+    and ``section`` to run another listener service the same way)."""
+
+    service_class: Any = POP3Service
+    section = "pop3"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -88,20 +92,20 @@ class POP3Thread:
     @property
     def plain(self) -> tuple[str, int]:
         """(host, port) of the first plain (STLS) listener."""
-        return _hostport(self.config.pop3.listen[0])
+        return _hostport(getattr(self.config, self.section).listen[0])
 
     @property
     def tls(self) -> tuple[str, int]:
         """(host, port) of the first implicit-TLS listener."""
-        return _hostport(self.config.pop3.tls_listen[0])
+        return _hostport(getattr(self.config, self.section).tls_listen[0])
 
     def start(self) -> POP3Thread:
         """Start and wait until the sockets are bound (raises what start() raised)."""
         Path(self.config.paths.state_dir).mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._main, name="pop3-test-server", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"{self.section}-test-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
-            raise TimeoutError("POP3 service did not start within 30 s")
+            raise TimeoutError(f"{self.section} service did not start within 30 s")
         if self._error:
             raise self._error
         return self
@@ -110,7 +114,7 @@ class POP3Thread:
         async def run() -> None:
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self.service = POP3Service(self.config)
+            self.service = self.service_class(self.config)
             try:
                 await self.service.start()
             except BaseException as exc:
@@ -140,22 +144,26 @@ class POP3Thread:
 class POP3Process:
     """The POP3 service in a child process (``python -m tests.peers.pop3_server CONFIG.json``): for crash
     and restart tests and for benchmarks, where a server sharing the client's interpreter would share
-    its GIL. It runs as the invoking user: unlike ``mailprov serve``, it never drops privileges."""
+    its GIL. It runs as the invoking user: unlike ``mailprov serve``, it never drops privileges.
+    Subclasses set ``module`` and ``section`` to run another service module the same way."""
+
+    module = "tests.peers.pop3_server"
+    section = "pop3"
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
-        self.config_file = Path(config.paths.state_dir).parent / "pop3-process-config.json"
+        self.config_file = Path(config.paths.state_dir).parent / f"{self.section}-process-config.json"
 
     @property
     def plain(self) -> tuple[str, int]:
         """(host, port) of the first plain (STLS) listener."""
-        return _hostport(self.config.pop3.listen[0])
+        return _hostport(getattr(self.config, self.section).listen[0])
 
     @property
     def tls(self) -> tuple[str, int]:
         """(host, port) of the first implicit-TLS listener."""
-        return _hostport(self.config.pop3.tls_listen[0])
+        return _hostport(getattr(self.config, self.section).tls_listen[0])
 
     def start(self, timeout: float = 30) -> POP3Process:
         """Start it and wait (bounded) until it says it is ready."""
@@ -165,7 +173,7 @@ class POP3Process:
         self.config_file.write_text(json.dumps(data))
         root = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.peers.pop3_server", str(self.config_file)],
+            [sys.executable, "-m", self.module, str(self.config_file)],
             cwd=root,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -175,7 +183,7 @@ class POP3Process:
         line = self.proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             self.stop()
-            raise RuntimeError(f"POP3 service process did not start (said {line!r})")
+            raise RuntimeError(f"{self.section} service process did not start (said {line!r})")
         return self
 
     def kill(self) -> None:
@@ -202,17 +210,18 @@ class POP3Process:
         self.stop()
 
 
-def _serve_forever(config_file: str) -> None:
+def serve_forever(config_file: str, service_class: Any = POP3Service, name: str = "pop3") -> None:
+    """Run ``service_class`` on the JSON configuration until SIGTERM (the child side of POP3Process)."""
     from mailprov.config import from_dict
 
     config = from_dict(json.loads(Path(config_file).read_text()))
-    logging.basicConfig(level=logging.WARNING, format="pop3-test-server: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"{name}-test-server: %(levelname)s %(message)s")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        service = POP3Service(config)
+        service = service_class(config)
         await service.start()
         print("ready", flush=True)
         await stop.wait()
@@ -222,4 +231,4 @@ def _serve_forever(config_file: str) -> None:
 
 
 if __name__ == "__main__":
-    _serve_forever(sys.argv[1])
+    serve_forever(sys.argv[1])

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailprov import maildir as md
+from mailprov.maildir import crlf_size
 from mailprov.pop3 import mailbox as mb
-from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxLock, crlf_size, read_top, render_bytes, top_bytes, uid_for
+from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxLock, read_top, render_bytes, top_bytes, uid_for
 from tests.pop3.helpers import deliver, ensure_maildir, message
 
 
@@ -45,15 +47,15 @@ def test_render_and_size_agree_whole_and_streamed(scratch, data, chunk):
     assert crlf_size(data) == len(normalized(data))
     # No line in the output carries a bare CR-less LF.
     assert whole.count(b"\n") == whole.count(b"\r\n")
-    saved = mb.CHUNK, mb.FIRST_READ
-    mb.CHUNK = mb.FIRST_READ = chunk  # force the streaming paths with tiny pieces
+    saved = mb.CHUNK, md.CHUNK, md.FIRST_READ
+    mb.CHUNK = md.CHUNK = md.FIRST_READ = chunk  # force the streaming paths with tiny pieces
     try:
-        assert mb.file_crlf_size(str(path)) == len(normalized(data))
+        assert md.file_crlf_size(str(path)) == len(normalized(data))
         fd = os.open(path, os.O_RDONLY)
         streamed = b"".join(mb._render_stream(fd, b""))
         assert streamed == whole
     finally:
-        mb.CHUNK, mb.FIRST_READ = saved
+        mb.CHUNK, md.CHUNK, md.FIRST_READ = saved
 
 
 @settings(max_examples=150, deadline=None)

@@ -188,3 +188,68 @@ def test_no_password_or_secret_in_any_log(mta) -> None:
     for path in key:
         pem = path.read_text().splitlines()[1]
         assert pem not in text, "the TLS private key appears in the log"
+
+
+def _server_worker(server_pid: int, server: tuple[str, int], client: tuple[str, int]) -> int:
+    """The pid of the SMTP worker process holding the server end of the TCP connection ``client`` -> ``server``
+    (from /proc/net/tcp and each worker's file descriptors)."""
+
+    def hexaddr(ip: str, port: int) -> str:
+        return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
+
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == hexaddr(*server) and fields[2] == hexaddr(*client):
+            inode = fields[9]
+    assert inode, f"no server socket for {client} -> {server}"
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
+                continue
+            links = [str(fd.readlink()) for fd in (stat.parent / "fd").iterdir()]
+        except (OSError, IndexError, ValueError):
+            continue
+        if f"socket:[{inode}]" in links:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of {server_pid} holds socket {inode}")
+
+
+def test_smtp_auth_failures_are_counted_across_worker_processes() -> None:
+    """smtp.max_auth_failures is per client address, not per worker: with two workers an attacker that
+    spreads its attempts over both still gets 5 in all (addresses 127.0.17.10 and .50)."""
+    tree = MailprovTree.create(
+        hostname="mx.sec.test",
+        domains=["sec.test"],
+        ip="127.0.17.10",
+        smtp={"processes": 2, "auth_failure_delay": 0.01, "max_auth_failures": 5},
+    )
+    tree.add_user(USER, PASSWORD)
+    server = run_mailprov(tree.config_path)
+    sessions: list[smtplib.SMTP_SSL] = []
+    try:
+        # Two sessions held open at once: the master hands the second to the other (less busy) worker.
+        sessions = [smtps(tree, "127.0.17.50") for _ in range(2)]
+        address = (tree.ip, tree.ports["submissions"])
+        served_by = {_server_worker(server.proc.pid, address, s.sock.getsockname()) for s in sessions}
+        assert len(served_by) == 2, "the two sessions should be served by the two workers"
+
+        def attempt(session: smtplib.SMTP_SSL, password: str) -> int:
+            blob = base64.b64encode(f"\0{USER}\0{password}".encode()).decode()
+            try:
+                return session.docmd("AUTH", f"PLAIN {blob}")[0]
+            except smtplib.SMTPServerDisconnected:
+                return 421
+
+        codes = [attempt(sessions[i % 2], f"guess-{i}") for i in range(4)]  # two failures on each worker
+        assert codes == [535, 535, 535, 535], codes
+        assert attempt(sessions[0], "guess-4") == 421, "the fifth failure in all uses up the address's attempts"
+        # Worker 2 has itself seen only two failures; the master's count says the address is blocked.
+        assert attempt(sessions[1], "guess-5") == 421, "the sixth attempt must be refused on the other worker too"
+        assert try_login(tree, "127.0.17.50", PASSWORD) == 421, "blocked whatever worker serves it, even with the right password"
+        assert try_login(tree, "127.0.17.51", PASSWORD) == 235, "another address is not affected"
+    finally:
+        for session in sessions:
+            session.close()
+        server.stop()
+        tree.cleanup()

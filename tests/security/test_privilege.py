@@ -162,7 +162,7 @@ def test_bind_as_root_then_run_as_the_service_user(service_user) -> None:
 def render_units(tmp: Path, **overrides: str) -> list[Path]:
     """Render the unit templates with the roles' defaults (Jinja2, as Ansible would), plus ``overrides``."""
     values: dict = {}
-    for role in ("mailprov_base", "mailprov_mta", "mailprov_pop3"):
+    for role in ("mailprov_base", "mailprov_mta", "mailprov_pop3", "mailprov_imap"):
         values.update(yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()))
     values.update(overrides, inventory_hostname="mx.example.org")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -178,7 +178,7 @@ def render_units(tmp: Path, **overrides: str) -> list[Path]:
         with contextlib.suppress(jinja2.TemplateError, TypeError):  # controller-only values (lookups) stay unresolved
             context[key] = resolve(values[key])
     out = []
-    for name in ("mailprov-smtp.service", "mailprov-pop3.service"):
+    for name in ("mailprov-smtp.service", "mailprov-pop3.service", "mailprov-imap.service"):
         path = tmp / name
         path.write_text(env.from_string((ROOT / "templates" / f"{name}.j2").read_text()).render(**context))
         out.append(path)

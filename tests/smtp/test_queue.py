@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from mailprov.cli import app
 from mailprov.delivery.base import Envelope, Result
 from mailprov.delivery.local import LocalCourier
+from mailprov.maildir import crlf_size
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner
 from mailprov.queue.store import QueueItem, QueueStore, Recipient, new_queue_id, parse
@@ -294,7 +295,7 @@ def test_maildir_file_is_complete_and_named_with_size(env):
     (name,) = maildir(cfg, "john@beta.test")
     data = Path(os.path.join(cfg.paths.mail_dir, "beta.test", "john", "new", name)).read_bytes()
     assert data == b"Return-Path: <alex@alpha.test>\r\nDelivered-To: john@beta.test\r\n" + MSG
-    assert name.endswith(f",S={len(data)}")
+    assert name.endswith(f",S={len(data)},W={crlf_size(data, final=False)}")  # Dovecot's size hints
     assert not os.listdir(os.path.join(cfg.paths.mail_dir, "beta.test", "john", "tmp"))
 
 

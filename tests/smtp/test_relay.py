@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import require_programs
+from tests.conftest import require_perl_modules, require_programs
 from tests.peers.mailprov_server import MailprovTree, run_mailprov
 
 IP = "127.0.3.13"
@@ -106,6 +106,7 @@ def test_authenticated_user_may_relay(srv):
 
 def swaks(srv: MailprovTree, *args: str) -> subprocess.CompletedProcess[str]:
     require_programs("swaks")
+    require_perl_modules("Net::SSLeay", "Authen::SASL")  # for --tls and --tlsc, --auth
     cmd = ["swaks", "--local-interface", UNTRUSTED, "--timeout", "20", "--helo", "swaks.test", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 

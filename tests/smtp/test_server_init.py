@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
-from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.limits import ConnectionLimiter, FailureThrottle, LocalAuthThrottle
 from mailprov.smtp.handler import SMTPHandler
 from mailprov.smtp.server import MailprovSMTP, SMTPContext
 
 
 def test_fast_init_matches_aiosmtpd(make_config):
     cfg = make_config()
-    ctx = SMTPContext(cfg, None, None, None, None, FailureThrottle(1, 3), ConnectionLimiter(10, 10))  # type: ignore[arg-type]
+    ctx = SMTPContext(cfg, None, None, None, LocalAuthThrottle(FailureThrottle(1, 3)), ConnectionLimiter(10, 10))  # type: ignore[arg-type]
 
     async def build(fast: bool) -> MailprovSMTP:
         handler = SMTPHandler(ctx, "mx")

@@ -81,14 +81,14 @@ class Connector:
     def __init__(self, config: Config, ca_file: str | None = None) -> None:
         self.config = config
         self.ca_file = ca_file
-        self._contexts: dict[bool, ssl.SSLContext] = {}
+        # Made now, not at the first TLS connection: the trust anchors (ca_file, SSL_CERT_FILE, the system
+        # bundle) are read while a service started as root still is root.
+        self._contexts: dict[bool, ssl.SSLContext] = {verify: client_context(verify=verify, ca_file=ca_file) for verify in (False, True)}
         self._helo = config.outbound_helo
         self._source = (config.outbound.source_address, 0) if config.outbound.source_address else None
 
     def context(self, verify: bool) -> ssl.SSLContext:
-        """The client TLS context (one per verify setting, built once)."""
-        if verify not in self._contexts:
-            self._contexts[verify] = client_context(verify=verify, ca_file=self.ca_file)
+        """The client TLS context (one per verify setting, built with the connector)."""
         return self._contexts[verify]
 
     async def open(self, qid: str, route: Route, hop: Hop, address: str, policy: TLSPolicy, key: tuple[object, ...]) -> Session:

@@ -1,5 +1,8 @@
 """Fixtures of the deployment tests: a real sshd, Knot, and one two-host deployment shared by the session.
 
+Declared in tests/conftest.py (imported there), so that tests/deploy and the deploy scenario
+(tests/scenarios/t04_deploy_twice) share one instance instead of deploying twice per session.
+
 ``lab`` starts the peers; ``deployed`` runs ``mailprov deploy`` once for both hosts, then again (the
 idempotence run) and once in check mode, keeping each run's result for the tests to assert on. Teardown
 stops every mail service the deployment started, then the peers.
@@ -43,9 +46,9 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def lab_root() -> Iterator[Path]:
-    # Not under pytest's tmp_path: its parents are mode 0700, and the services drop to the mailprov user.
+    # The lab's own files (sshd, Knot, wheels, inventory), private to root; each host's prefix is a
+    # directory of its own (lab.host_root).
     root = Path(tempfile.mkdtemp(prefix="mailprov-deploy-"))
-    root.chmod(0o755)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -65,7 +68,7 @@ def lab_peers(lab_root: Path) -> Iterator[tuple[SSHD, str]]:
 def deployed(lab_root: Path, lab_peers: tuple[SSHD, str]) -> Iterator[Lab]:
     """Check mode on a fresh host, then both hosts deployed over SSH, deployed again, and run in check mode."""
     sshd, dns = lab_peers
-    hosts = lab.make_hosts(lab_root / "hosts")
+    hosts = lab.make_hosts()
     wheel = build_wheel(lab.REPO, lab_root / "wheels")["wheel"]
     inventory = lab.write_inventory(lab_root / "inventory.yml", sshd.ansible_vars(), hosts, dns, wheel)
     the_lab = Lab(lab_root, sshd, dns, hosts, inventory)
@@ -80,3 +83,4 @@ def deployed(lab_root: Path, lab_peers: tuple[SSHD, str]) -> Iterator[Lab]:
         yield the_lab
     finally:
         lab.stop_services(hosts)
+        lab.remove_hosts(hosts)

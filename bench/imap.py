@@ -1,0 +1,348 @@
+"""Benchmark: mailprov's IMAP server against Dovecot imapd on the same Maildir, side by side in one run.
+
+Figures (each the best of ``--rounds``, servers interleaved so other load hits both alike):
+  * SELECT INBOX of a 10,000-message folder (first SELECT ever, then a warm one);
+  * ``UID FETCH 1:* (FLAGS RFC822.SIZE)`` on it;
+  * ``FETCH 1:* BODY.PEEK[]`` of 5,000 x 4 KiB messages over 1 session, and over 10 sessions at once
+    (each fetching its tenth);
+  * IDLE wake-up latency: a message dropped into new/ (as the MDA does) until ``* n EXISTS`` arrives;
+  * memory (RSS of the server's whole process tree) of N idle IDLE sessions (``--idle-sessions``).
+
+Both servers serve plaintext on loopback (127.0.13.240), check the same argon2id hash and read the very
+same Maildir tree (Dovecot runs its mail processes as ``mail``: the tree is handed to it before its
+turn). The client is a minimal socket client in this script (imaplib's parsing would dominate).
+
+Usage: python bench/imap.py [--big 10000] [--messages 5000] [--size 4096] [--rounds 3] [--idle-sessions 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.pop3_retrieve import deliver  # noqa: E402  # the same MDA-like delivery as the POP3 benchmark
+from mailprov.config import from_dict  # noqa: E402
+from mailprov.users import hash_password  # noqa: E402
+from tests.peers.dovecot import DovecotIMAP  # noqa: E402
+from tests.peers.imap_server import IMAPProcess  # noqa: E402
+from tests.peers.pop3_server import free_port  # noqa: E402
+
+HOST = "127.0.13.240"
+PASSWORD = "bench-password"
+BIG, BODIES = "big@bench.test", "bodies@bench.test"
+_LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
+
+
+class Client:
+    """Just enough IMAP: send a command, read to its tagged reply (literals skipped by their size)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=300)
+        self.file = self.sock.makefile("rb", buffering=1 << 20)
+        self.n = 0
+        self.file.readline()
+
+    def command(self, text: str) -> list[bytes]:
+        """Run one command; returns the response lines (literal contents left out)."""
+        self.n += 1
+        tag = f"Q{self.n}"
+        self.sock.sendall(f"{tag} {text}\r\n".encode())
+        return self.read_until(tag.encode() + b" ")
+
+    def read_until(self, prefix: bytes) -> list[bytes]:
+        """Lines until one starts with ``prefix``; raises on NO/BAD."""
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            match = _LITERAL.search(line)
+            if match:
+                self.file.read(int(match.group(1)))
+            lines.append(line)
+            if line.startswith(prefix):
+                if not line[len(prefix) :].startswith(b"OK"):
+                    raise RuntimeError(line.decode(errors="replace"))
+                return lines
+
+    def login(self, user: str) -> None:
+        """LOGIN with the bench password."""
+        self.command(f'LOGIN {user} "{PASSWORD}"')
+
+    def close(self) -> None:
+        """LOGOUT and close."""
+        with contextlib.suppress(OSError, RuntimeError, ConnectionError):
+            self.command("LOGOUT")
+        self.sock.close()
+
+
+def tree_rss(root_pid: int) -> int:
+    """Resident memory (bytes) of a process and all its descendants."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(stat[1])
+            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root_pid]
+    seen = set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += rss.get(pid, 0)
+        todo.extend(p for p, parent in parents.items() if parent == pid)
+    return total
+
+
+@dataclass
+class Target:
+    """One server under test."""
+
+    name: str
+    port: int
+    pid: int
+    prepare: object  # callable run before its turn (Dovecot: hand it the tree)
+
+
+def timed(func: object) -> float:
+    """Seconds ``func()`` takes."""
+    start = time.perf_counter()
+    func()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def bench_select_and_flags(t: Target) -> tuple[float, float]:
+    """(SELECT s, UID FETCH 1:* (FLAGS RFC822.SIZE) s) on the big folder."""
+    c = Client(t.port)
+    c.login(BIG)
+    select = timed(lambda: c.command("SELECT INBOX"))
+    lines: list[bytes] = []
+    flags = timed(lambda: lines.extend(c.command("UID FETCH 1:* (FLAGS RFC822.SIZE)")))
+    c.close()
+    if len(lines) < 10:
+        raise RuntimeError(f"{t.name}: UID FETCH returned {len(lines)} lines")
+    return select, flags
+
+
+def bench_bodies(t: Target, count: int, sessions: int) -> float:
+    """Seconds to FETCH BODY.PEEK[] every message of the bodies folder over ``sessions`` at once (after
+    login and SELECT)."""
+    clients = []
+    for _ in range(sessions):
+        c = Client(t.port)
+        c.login(BODIES)
+        c.command("EXAMINE INBOX")
+        clients.append(c)
+    share = count // sessions
+    barrier = threading.Barrier(sessions + 1)
+    errors: list[BaseException] = []
+
+    def run(i: int, c: Client) -> None:
+        barrier.wait()
+        try:
+            got = c.command(f"FETCH {i * share + 1}:{(i + 1) * share} BODY.PEEK[]")
+            fetched = sum(1 for line in got if line.startswith(b"* ") and b" FETCH " in line)
+            if fetched != share:
+                odd = [line for line in got if b" FETCH " in line and b"BODY[]" not in line][:3]
+                raise RuntimeError(f"{t.name}: FETCH returned {fetched} of {share} messages: {odd!r}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for th in threads:
+        th.join(600)
+    elapsed = time.perf_counter() - start
+    for c in clients:
+        c.close()
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def bench_idle_latency(t: Target, maildir: Path, rounds: int = 10) -> float:
+    """Median seconds from a delivery into new/ to the ``EXISTS`` an IDLE session receives."""
+    c = Client(t.port)
+    c.login(BIG)
+    c.command("SELECT INBOX")
+    samples = []
+    for i in range(rounds):
+        c.n += 1
+        tag = f"I{c.n}"
+        c.sock.sendall(f"{tag} IDLE\r\n".encode())
+        if not c.file.readline().startswith(b"+"):
+            raise RuntimeError("IDLE refused")
+        time.sleep(0.3)  # let the server settle into waiting
+        start = time.perf_counter()
+        deliver(maildir, 1, 2048, f"idle{t.name}{i}{time.time_ns()}")
+        while True:
+            line = c.file.readline()
+            if not line:
+                raise ConnectionError("closed in IDLE")
+            if line.endswith(b"EXISTS\r\n"):
+                samples.append(time.perf_counter() - start)
+                break
+        c.sock.sendall(b"DONE\r\n")
+        c.read_until(tag.encode() + b" ")
+    c.close()
+    return statistics.median(samples)
+
+
+def bench_idle_memory(t: Target, sessions: int) -> tuple[float, int]:
+    """(MiB of RSS added by ``sessions`` idle IDLE sessions, how many were idling)."""
+    before = tree_rss(t.pid)
+    clients = []
+    try:
+        for _ in range(sessions):
+            c = Client(t.port)
+            c.login(BODIES)
+            c.command("SELECT INBOX")
+            c.sock.sendall(b"I1 IDLE\r\n")
+            if not c.file.readline().startswith(b"+"):
+                break
+            clients.append(c)
+        time.sleep(1)
+        after = tree_rss(t.pid)
+    finally:
+        for c in clients:
+            with contextlib.suppress(OSError):
+                c.sock.sendall(b"DONE\r\n")
+            c.close()
+    return (after - before) / 2**20, len(clients)
+
+
+@contextlib.contextmanager
+def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]:
+    """mailprov (own process) and Dovecot, over one mail tree (``tmp/mail``)."""
+    users = [BIG, BODIES]
+    out: list[Target] = []
+    with contextlib.ExitStack() as stack:
+        dovecot = DovecotIMAP(tmp, HOST, free_port(HOST), {u: hashed for u in users})
+        (tmp / "etc").mkdir(parents=True, exist_ok=True)
+        (tmp / "etc" / "users").write_text("".join(f"{u}:{hashed}\n" for u in users))
+        port = free_port(HOST)
+        config = from_dict(
+            {
+                "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning"},
+                "paths": {
+                    "mail_dir": str(tmp / "mail"),
+                    "state_dir": str(tmp / "mp-state"),
+                    "queue_dir": str(tmp / "queue"),
+                    "users_file": str(tmp / "etc" / "users"),
+                },
+                "imap": {
+                    "listen": [f"{HOST}:{port}"],
+                    "tls_listen": [f"{HOST}:{free_port(HOST)}"],
+                    "plaintext_networks": ["127.0.0.0/8"],
+                    "max_connections_per_client": 5000,
+                    "max_connections": 5000,
+                },
+            }
+        )
+        process = stack.enter_context(IMAPProcess(config))
+        assert process.proc is not None
+        out.append(Target("mailprov", port, process.proc.pid, lambda: None))
+        if use_dovecot:
+            dovecot.CONFIG = (
+                DovecotIMAP.CONFIG + "default_process_limit = 5000\ndefault_client_limit = 10000\nmail_max_userip_connections = 5000\n"
+            )
+            stack.enter_context(dovecot)
+            master = int((tmp / "run" / "master.pid").read_text())
+            out.append(Target("dovecot", dovecot.port, master, dovecot.own))
+        yield out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--big", type=int, default=10000, help="messages in the SELECT/flags folder (default 10000)")
+    parser.add_argument("--messages", type=int, default=5000, help="messages fetched whole (default 5000)")
+    parser.add_argument("--size", type=int, default=4096, help="bytes per message (default 4096)")
+    parser.add_argument("--sessions", type=int, default=10, help="concurrent sessions for the second body fetch (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved; best shown (default 3)")
+    parser.add_argument("--idle-sessions", type=int, default=1000, help="idle IDLE sessions for the memory figure (default 1000)")
+    parser.add_argument("--no-dovecot", action="store_true", help="mailprov figures only")
+    args = parser.parse_args()
+    use_dovecot = not args.no_dovecot and DovecotIMAP.available()
+    hashed = hash_password(PASSWORD)
+    results: dict[tuple[str, str], float] = {}
+    first_select: dict[str, float] = {}
+
+    def keep(name: str, figure: str, value: float, *, lower_better: bool = True) -> None:
+        old = results.get((name, figure))
+        if old is None or (value < old if lower_better else value > old):
+            results[(name, figure)] = value
+
+    with tempfile.TemporaryDirectory(prefix="imap-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        deliver(tmp / "mail" / "bench.test" / "big", args.big, 1024, "big")
+        deliver(tmp / "mail" / "bench.test" / "bodies", args.messages, args.size, "bodies")
+        with targets(tmp, hashed, use_dovecot) as servers:
+            for t in servers:
+                t.prepare()  # type: ignore[operator]
+                # The first SELECT ever of mail still in new/: each server builds its own index once.
+                # mailprov goes first and so also assigns the UIDs in dovecot-uidlist that Dovecot reuses.
+                first_select[t.name] = bench_select_and_flags(t)[0]
+            for _ in range(args.rounds):
+                for t in servers:
+                    t.prepare()  # type: ignore[operator]
+                    select, flags = bench_select_and_flags(t)
+                    keep(t.name, "SELECT 10k (warm) s", select)
+                    keep(t.name, "UID FETCH 1:* (FLAGS RFC822.SIZE) s", flags)
+                    keep(t.name, "FETCH BODY[] 1 session msg/s", args.messages / bench_bodies(t, args.messages, 1), lower_better=False)
+                    keep(
+                        t.name,
+                        f"FETCH BODY[] {args.sessions} sessions msg/s",
+                        args.messages / bench_bodies(t, args.messages, args.sessions),
+                        lower_better=False,
+                    )
+            for t in servers:
+                t.prepare()  # type: ignore[operator]
+                keep(t.name, "IDLE wake-up median ms", bench_idle_latency(t, tmp / "mail" / "bench.test" / "big") * 1000)
+                t.prepare()  # type: ignore[operator]
+                mib, n = bench_idle_memory(t, args.idle_sessions)
+                if n < args.idle_sessions:
+                    print(f"{t.name}: only {n} of {args.idle_sessions} sessions entered IDLE")
+                keep(t.name, f"RSS of {args.idle_sessions} IDLE sessions MiB", mib)
+    names = ["mailprov"] + (["dovecot"] if use_dovecot else [])
+    print(f"IMAP benchmark: {args.big:,} messages for SELECT, {args.messages:,} x {args.size} B bodies, best of {args.rounds}")
+    print(f"{'figure':44} " + " ".join(f"{n:>12}" for n in names) + ("  ratio (>1: mailprov better)" if use_dovecot else ""))
+    rows = [("first SELECT 10k (index build) s", first_select)]
+    figures = sorted({f for (_n, f) in results}, key=lambda f: list(dict.fromkeys(f for (_n, f) in results)).index(f))
+    for figure in figures:
+        rows.append((figure, {n: results.get((n, figure), float("nan")) for n in names}))
+    for figure, values in rows:
+        line = f"{figure:44} " + " ".join(f"{values.get(n, float('nan')):12.3f}" for n in names)
+        if use_dovecot:
+            a, b = values.get("mailprov", float("nan")), values.get("dovecot", float("nan"))
+            better_high = "msg/s" in figure
+            ratio = (a / b) if better_high else (b / a if a else float("nan"))
+            line += f"  {ratio:6.2f}x"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

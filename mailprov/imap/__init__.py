@@ -1,0 +1,1 @@
+"""The IMAP server: protocol layer on top of the mailbox store (mailprov.imap.store)."""
