@@ -41,6 +41,16 @@ def _message(result: dict) -> str:
     return "\n".join(p for p in parts if p).strip()
 
 
+
+# Our roles run from the mailprov.mail collection; the prefix says nothing to the person reading the log.
+_OWN_COLLECTION = "mailprov.mail."
+
+
+def _task_name(task) -> str:
+    """The task's name as the person wrote it: ``mailprov_base : Create the venv`` (our collection's prefix dropped)."""
+    name = task.get_name().strip()
+    return name.removeprefix(_OWN_COLLECTION)
+
 class CallbackModule(CallbackBase):
     """Emit mailprov's JSON event lines on standard output."""
 
@@ -56,10 +66,10 @@ class CallbackModule(CallbackBase):
         self._emit(event="play", name=play.get_name().strip())
 
     def v2_playbook_on_task_start(self, task, is_conditional) -> None:
-        self._emit(event="task", name=task.get_name().strip(), handler=False)
+        self._emit(event="task", name=_task_name(task), handler=False)
 
     def v2_playbook_on_handler_task_start(self, task) -> None:
-        self._emit(event="task", name=task.get_name().strip(), handler=True)
+        self._emit(event="task", name=_task_name(task), handler=True)
 
     def _result(self, result, status: str) -> None:
         res = result._result
@@ -72,7 +82,7 @@ class CallbackModule(CallbackBase):
         elif result._task.action in ("debug", "ansible.builtin.debug") and "msg" in res:
             value = res["msg"]
             msg = "\n".join(map(str, value)) if isinstance(value, list) else str(value)
-        host, task = result._host.get_name(), result._task.get_name().strip()
+        host, task = result._host.get_name(), _task_name(result._task)
         self._emit(event="result", host=host, task=task, status=status, changed=changed, msg=msg)
 
     def v2_runner_on_ok(self, result) -> None:
