@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import ssl
-import threading
 import time
 
 import pytest
@@ -17,6 +14,7 @@ from mailprov.delivery.remote import RemoteCourier
 from mailprov.delivery.routing import make_resolver
 from tests.outbound.conftest import HTTPS_PORT, SMTP_PORT
 from tests.outbound.scripted import ScriptedPeer, server_context
+from tests.peers.https_server import HTTPSServer
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx.sts.out.test\r\nmx: *.backup.out.test\r\nmax_age: 86400\r\n"
 
@@ -139,42 +137,13 @@ def test_domain_without_policy(knot, out_config, tmp_path):
 # -- the real HTTPS fetch, from a local server -------------------------------------------------
 
 
-class PolicyServer:
+def PolicyServer(cert, text: str = POLICY, status: int = 200, ctype: str = "text/plain; charset=utf-8") -> HTTPSServer:
     """HTTPS on 127.0.5.60:8443 serving /.well-known/mta-sts.txt with a chosen status and type."""
-
-    def __init__(self, cert, text: str = POLICY, status: int = 200, ctype: str = "text/plain; charset=utf-8") -> None:
-        outer = self
-        self.hits = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.hits += 1
-                body = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                if status in (301, 302):
-                    self.send_header("Location", "https://elsewhere.out.test/")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.HTTPServer(("127.0.5.60", HTTPS_PORT), Handler)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(cert.cert), str(cert.key))
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> PolicyServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+    web = HTTPSServer("127.0.5.60", HTTPS_PORT, cert.cert, cert.key)
+    web.body, web.status, web.content_type = text, status, ctype
+    if status in (301, 302):
+        web.location = "https://elsewhere.out.test/"
+    return web
 
 
 def fetch_text(config, ca_file) -> str:
@@ -222,7 +191,7 @@ def test_enforced_policy_keeps_mail_from_unlisted_mx_and_demands_valid_tls(knot,
     assert refused.outcome is Outcome.TEMPORARY and refused.enhanced == "4.7.5"
     assert "not allowed by the MTA-STS policy" in refused.message or "refused" in refused.message.lower()
     assert unprotected.ok and len(rogue.handler.received) == 1
-    assert web.hits == 1
+    assert len(web.paths) == 1
 
     # The listed MX with a certificate for its name gets the mail, over verified TLS.
     mx = test_ca.issue("mx.sts.out.test")
