@@ -31,8 +31,10 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -439,6 +441,11 @@ def _os_error(exc: OSError, what: str) -> StoreError:
 
 @dataclass(slots=True)
 class _Msg:
+    """Where one message is and what IMAP sees of it. ``uid``, ``base``, ``subdir`` and ``name`` never
+    change once made: when the file moves (flags, ``new/`` to ``cur/``) the view gets a new ``_Msg``,
+    because the views of one folder in a process share these objects (see :class:`_Shared`). ``size``,
+    ``mtime`` and ``info`` are filled in lazily and are the same whoever computes them."""
+
     uid: int
     base: str
     subdir: str
@@ -446,6 +453,72 @@ class _Msg:
     size: int | None
     mtime: float | None
     info: MessageInfo | None = None
+
+    def moved(self, subdir: str, name: str) -> _Msg:
+        """The same message (same octets, same date) under another name."""
+        return _Msg(self.uid, self.base, subdir, name, self.size, self.mtime)
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """One folder's state after a full sync in this process, for the next view to adopt as it is. Never
+    changed once published (the views copy the dicts before they change them)."""
+
+    stamp: tuple[int, ...]  # Folder._dir_stamp() taken before the scan
+    settled: bool  # the stamp was already SETTLED seconds old then: equal stamps mean nothing changed
+    uidvalidity: int
+    uidnext: int
+    keywords: dict[int, str]  # the keyword map the infos were made with
+    msgs: dict[int, _Msg]
+    by_base: dict[str, int]
+    infos: list[MessageInfo]
+
+
+class _Shared:
+    """What every view of one folder directory in this process shares: the parsed uidlist and the last
+    full sync. A SELECT of a folder that did not change since then costs a few ``stat`` calls instead of
+    a scan and one ``stat`` per message; after a change, only new files are ``stat``-ed (a file's date
+    and octets never change: Maildir renames, it does not rewrite)."""
+
+    __slots__ = ("peeked", "snapshot", "views")
+
+    def __init__(self) -> None:
+        self.peeked: tuple[tuple[int, ...], UidList | None] = ((), None)
+        self.snapshot: _Snapshot | None = None
+        self.views = 0
+
+    def weight(self) -> int:
+        """Messages it holds (what the cache bound counts)."""
+        return len(self.snapshot.msgs) if self.snapshot is not None else 0
+
+
+# Folders nobody has open keep their shared state until more than this many messages are held that way
+# (about 0.4 KiB each): the next SELECT by the same client, or IMAP after POP3, starts from it.
+SHARED_IDLE_MESSAGES = 200_000
+_shared: dict[str, _Shared] = {}  # folder directory -> state, least recently used first
+_shared_lock = threading.Lock()
+
+
+def _share(directory: str) -> _Shared:
+    """The shared state of a folder directory, counted as used by one more view."""
+    with _shared_lock:
+        shared = _shared.pop(directory, None) or _Shared()
+        _shared[directory] = shared  # most recently used last
+        shared.views += 1
+        return shared
+
+
+def _unshare(directory: str, shared: _Shared) -> None:
+    """One view fewer; trims the states of closed folders to SHARED_IDLE_MESSAGES, oldest first."""
+    with _shared_lock:
+        shared.views -= 1
+        idle = [(key, value) for key, value in _shared.items() if value.views <= 0]
+        held = sum(value.weight() for _key, value in idle)
+        for key, value in idle:
+            if held <= SHARED_IDLE_MESSAGES:
+                break
+            held -= value.weight()
+            del _shared[key]
 
 
 class Folder:
@@ -459,15 +532,17 @@ class Folder:
         self.uidvalidity = 0
         self.uidnext = 1
         self._keywords = md.Keywords(path)
-        self._keywords_seen = -1
+        self._kw_names: dict[int, str] | None = None  # the keyword map the infos in _msgs were made with
         self._flagsets: dict[str, frozenset[str]] = {}  # flag letters -> IMAP flags, for this keyword map
         self._dirname = os.fspath(path)
         self._msgs: dict[int, _Msg] = {}
         self._by_base: dict[str, int] = {}
         self._stamp: tuple[int, ...] = ()
-        self._synced_stamp: tuple[int, ...] = ()
-        self._synced_infos: list[MessageInfo] = []
+        self._synced: _Snapshot | None = None  # this view's last sync (its dicts are this view's own)
         self._closed = False
+        self._shared = _share(self._dirname)
+        # Released by close(), or when the view is dropped unclosed (so the cache bound still holds).
+        self._unshare = weakref.finalize(self, _unshare, self._dirname, self._shared)
         md.ensure_maildir(path)
         self._watcher = watch.watcher()
         self._wds: tuple[int, ...] = ()
@@ -479,7 +554,6 @@ class Folder:
                 for wd in self._wds:
                     self._watcher.remove(wd)
                 self._wds = ()
-        self._peeked: tuple[tuple[int, ...], UidList | None] = ((), None)
         listed = self._peek()
         if listed is None:
             listed = self._with_lock(lambda ul: ul)  # creates it with a new UIDVALIDITY
@@ -501,11 +575,12 @@ class Folder:
             with open(self.dir / UIDLIST, "rb") as handle:
                 st = os.fstat(handle.fileno())
                 stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-                if stamp != self._peeked[0]:
-                    self._peeked = (stamp, parse_uidlist(handle.read()))
+                peeked = self._shared.peeked  # one read of the attribute: other threads replace it whole
+                if stamp != peeked[0]:
+                    peeked = self._shared.peeked = (stamp, parse_uidlist(handle.read()))
         except FileNotFoundError:
-            self._peeked = ((), None)
-        return self._peeked[1]
+            peeked = self._shared.peeked = ((), None)
+        return peeked[1]
 
     def _with_lock(self, change: Callable[[UidList], UidList | None]) -> UidList:
         """Run ``change`` on the current uidlist under its lock; write what it returns (unless None)."""
@@ -555,9 +630,25 @@ class Folder:
         # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
         if self._wds:
             self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
+        now = time.time()
         stamp = self._stamp = self._dir_stamp()
-        if stamp == self._synced_stamp and time.time() - max(stamp[0::2]) / 1e9 > SETTLED:
-            return list(self._synced_infos), set()  # nothing in new/, cur/ or the lists changed
+        # Settled: the newest of new/, cur/ and the lists was modified SETTLED seconds before this stamp
+        # was read, so any later change shows as another stamp (not hidden in the same timestamp tick).
+        settled = now - max(stamp[0::2]) / 1e9 > SETTLED
+        mine = self._synced
+        if mine is not None and mine.stamp == stamp and mine.settled:
+            return list(mine.infos), set()  # nothing in new/, cur/ or the lists changed
+        shared = self._shared.snapshot
+        if shared is not None and shared.stamp == stamp and shared.settled and shared.uidvalidity == self.uidvalidity:
+            # Another view in this process synced this very state: take it over (nothing moved from
+            # new/ by this view, so nothing is \Recent for it).
+            self._msgs, self._by_base = dict(shared.msgs), dict(shared.by_base)
+            if shared.keywords != self._kw_names:
+                self._flagsets.clear()
+            self._kw_names = shared.keywords
+            self.uidnext = shared.uidnext
+            self._synced = shared
+            return list(shared.infos), set()
         moved = self._move_new()
         found = md.scan(self.dir)
         listed = self._peek()
@@ -565,16 +656,19 @@ class Folder:
             listed = self._assign_all()
             found = self._found
         self.uidvalidity, self.uidnext = listed.uidvalidity, listed.next_uid
-        self._apply(listed, found)
-        self._keywords.load()
-        if self._keywords.version != self._keywords_seen:  # keyword letters may mean other names now
-            self._keywords_seen = self._keywords.version
+        keywords = dict(self._keywords.load())
+        if keywords != self._kw_names:  # keyword letters may mean other names now
             self._flagsets.clear()
-            for msg in self._msgs.values():
-                msg.info = None
+        self._apply(listed, found, keywords, shared)
+        self._kw_names = keywords
         infos = [self._info(m) for m in self._msgs.values()]
         recent = {self._by_base[b] for b in moved if b in self._by_base}
-        self._synced_stamp, self._synced_infos = stamp, infos
+        snapshot = _Snapshot(stamp, settled, self.uidvalidity, self.uidnext, keywords, self._msgs, self._by_base, infos)
+        self._synced = snapshot
+        if not moved:  # moving from new/ changed the stamp: this state is not worth adopting
+            self._shared.snapshot = _Snapshot(
+                stamp, settled, self.uidvalidity, self.uidnext, keywords, dict(self._msgs), dict(self._by_base), infos
+            )
         return list(infos), recent
 
     def _needs_update(self, listed: UidList, found: dict[str, tuple[str, str]]) -> bool:
@@ -626,18 +720,30 @@ class Folder:
         msg = self._msgs[uid]
         return os.path.exists(self.dir / msg.subdir / msg.name)
 
-    def _apply(self, listed: UidList, found: dict[str, tuple[str, str]]) -> None:
-        """Rebuild this view from the uidlist and a scan, reusing what is known of unchanged files."""
+    def _apply(self, listed: UidList, found: dict[str, tuple[str, str]], keywords: dict[int, str], shared: _Snapshot | None) -> None:
+        """Rebuild this view from the uidlist and a scan, reusing what is known of unchanged files (by
+        this view, or by another view of the folder in this process): sizes and dates are not read
+        again, flags are made again only for renamed files or when the keyword map changed."""
         msgs: dict[int, _Msg] = {}
+        mine = self._msgs
+        mine_ok = self._kw_names == keywords
+        if shared is None or shared.uidvalidity != listed.uidvalidity:
+            prior: dict[int, _Msg] = {}
+            prior_ok = False
+        else:
+            prior, prior_ok = shared.msgs, shared.keywords == keywords
         for uid, (base, ext) in listed.entries.items():
             where = found.get(base)
             if where is None:
                 continue
             subdir, name = where
-            old = self._msgs.get(uid)
+            old = mine.get(uid)
+            valid = mine_ok
+            if old is None:
+                old, valid = prior.get(uid), prior_ok
             if old is not None and old.base == base:
-                if old.name != name or old.subdir != subdir:
-                    old.name, old.subdir, old.info = name, subdir, None
+                if old.name != name or old.subdir != subdir or not valid:
+                    old = old.moved(subdir, name)  # a new object: the old one may be shared
                 msgs[uid] = old
                 continue
             size = md.crlf_hint(name)
@@ -660,8 +766,10 @@ class Folder:
                     msg.size = md.file_crlf_size(path, final=False)
                 break
             except FileNotFoundError:
-                if not self._relocate(msg):
+                found = self._relocate(msg)
+                if found is None:
                     break  # expunged meanwhile: the next sync drops it
+                msg = found
         letters = md.split_name(msg.name)[1] or ""
         flags = self._flagsets.get(letters)
         if flags is None:
@@ -671,16 +779,19 @@ class Folder:
 
     # messages -----------------------------------------------------------------------------------------
 
-    def _relocate(self, msg: _Msg) -> bool:
-        """Find ``msg``'s file again after another program renamed it (flags changed, new/ to cur/)."""
+    def _relocate(self, msg: _Msg) -> _Msg | None:
+        """Find ``msg``'s file again after another program renamed it (flags changed, new/ to cur/):
+        the message as it is now (also put in this view), or None when it is gone."""
         for subdir in ("cur", "new"):
             with contextlib.suppress(FileNotFoundError), os.scandir(self.dir / subdir) as entries:
                 for entry in entries:
                     if entry.name.partition(":")[0] == msg.base:
                         if entry.name != msg.name or subdir != msg.subdir:
-                            msg.name, msg.subdir, msg.info = entry.name, subdir, None
-                        return True
-        return False
+                            msg = msg.moved(subdir, entry.name)
+                            if msg.uid in self._msgs:
+                                self._msgs[msg.uid] = msg
+                        return msg
+        return None
 
     def _msg(self, uid: int) -> _Msg:
         msg = self._msgs.get(uid)
@@ -701,8 +812,10 @@ class Folder:
                 with open(f"{self._dirname}/{msg.subdir}/{msg.name}", "rb", buffering=0) as handle:
                     return md.to_crlf(handle.readall())
             except FileNotFoundError:
-                if not self._relocate(msg):
+                found = self._relocate(msg)
+                if found is None:
                     break
+                msg = found
         raise StoreError("NONEXISTENT", f"message UID {uid} has been expunged")
 
     def path(self, uid: int) -> Path | None:
@@ -711,9 +824,10 @@ class Folder:
         if msg is None:
             return None
         where = self._file(msg)
-        if where.exists() or self._relocate(msg):
-            return self._file(msg)
-        return None
+        if where.exists():
+            return where
+        found = self._relocate(msg)
+        return self._file(found) if found is not None else None
 
     def store_flags(self, uids: Iterable[int], flags: Iterable[str], mode: Literal["set", "add", "remove"]) -> list[MessageInfo]:
         """STORE FLAGS / +FLAGS / -FLAGS: rename each file to its new flags (a rename from the name last
@@ -746,12 +860,14 @@ class Folder:
                     break
                 try:
                     os.rename(self._file(msg), self.dir / "cur" / target)
-                    msg.name, msg.subdir, msg.info = target, "cur", None
+                    msg = self._msgs[uid] = msg.moved("cur", target)
                     touched = True
                     break
                 except FileNotFoundError:
-                    if not self._relocate(msg):
+                    found = self._relocate(msg)
+                    if found is None:
                         break
+                    msg = found
                 except OSError as exc:
                     raise _os_error(exc, f"cannot store flags of UID {uid}") from exc
             else:
@@ -831,8 +947,10 @@ class Folder:
                     placed.append((uid, md.base_name(name)))
                     break
                 except FileNotFoundError:
-                    if not self._relocate(msg):
+                    found = self._relocate(msg)
+                    if found is None:
                         break
+                    msg = found
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise _os_error(exc, f"cannot copy UID {uid}") from exc
@@ -895,9 +1013,11 @@ class Folder:
                     removed.append(uid)
                     break
                 except FileNotFoundError:
-                    if not self._relocate(msg):
+                    found = self._relocate(msg)
+                    if found is None:
                         removed.append(uid)
                         break
+                    msg = found
                 except OSError as exc:
                     raise _os_error(exc, f"cannot expunge UID {uid}") from exc
         for uid in removed:
@@ -943,3 +1063,5 @@ class Folder:
         self._wds = ()
         self._msgs.clear()
         self._by_base.clear()
+        self._synced = None
+        self._unshare()
