@@ -513,7 +513,8 @@ class Session:
                 continue
             if not list_matches(regex, info.name):
                 continue
-            attrs = ["\\HasChildren" if info.has_children else "\\HasNoChildren"]
+            attrs = [] if info.selectable else ["\\Noselect"]  # a level that exists only as a parent (RFC 3501 7.2.2)
+            attrs.append("\\HasChildren" if info.has_children else "\\HasNoChildren")
             if info.special_use and want_special:
                 attrs.append(info.special_use)
             if return_subscribed and info.subscribed:
