@@ -537,6 +537,7 @@ class Folder:
         self._dirname = os.fspath(path)
         self._msgs: dict[int, _Msg] = {}
         self._by_base: dict[str, int] = {}
+        self._borrowed = False  # _msgs and _by_base are a shared snapshot's (never changed in place)
         self._stamp: tuple[int, ...] = ()
         self._synced: _Snapshot | None = None  # this view's last sync (its dicts are this view's own)
         self._closed = False
@@ -642,7 +643,9 @@ class Folder:
         if shared is not None and shared.stamp == stamp and shared.settled and shared.uidvalidity == self.uidvalidity:
             # Another view in this process synced this very state: take it over (nothing moved from
             # new/ by this view, so nothing is \Recent for it).
-            self._msgs, self._by_base = dict(shared.msgs), dict(shared.by_base)
+            # The snapshot's own dicts, copied only when this view changes them (see _mutable): the
+            # sessions idling on one folder then hold little more than their sequence-number maps.
+            self._msgs, self._by_base, self._borrowed = shared.msgs, shared.by_base, True
             if shared.keywords != self._kw_names:
                 self._flagsets.clear()
             self._kw_names = shared.keywords
@@ -753,6 +756,7 @@ class Folder:
             msgs[uid] = _Msg(uid, base, subdir, name, size, None)
         self._msgs = msgs
         self._by_base = {m.base: uid for uid, m in msgs.items()}
+        self._borrowed = False
 
     def _info(self, msg: _Msg) -> MessageInfo:
         if msg.info is not None:
@@ -779,6 +783,12 @@ class Folder:
 
     # messages -----------------------------------------------------------------------------------------
 
+    def _mutable(self) -> dict[int, _Msg]:
+        """This view's message map, to change (and ``_by_base`` with it): copied first if borrowed."""
+        if self._borrowed:
+            self._msgs, self._by_base, self._borrowed = dict(self._msgs), dict(self._by_base), False
+        return self._msgs
+
     def _relocate(self, msg: _Msg) -> _Msg | None:
         """Find ``msg``'s file again after another program renamed it (flags changed, new/ to cur/):
         the message as it is now (also put in this view), or None when it is gone."""
@@ -789,7 +799,7 @@ class Folder:
                         if entry.name != msg.name or subdir != msg.subdir:
                             msg = msg.moved(subdir, entry.name)
                             if msg.uid in self._msgs:
-                                self._msgs[msg.uid] = msg
+                                self._mutable()[msg.uid] = msg
                         return msg
         return None
 
@@ -860,7 +870,7 @@ class Folder:
                     break
                 try:
                     os.rename(self._file(msg), self.dir / "cur" / target)
-                    msg = self._msgs[uid] = msg.moved("cur", target)
+                    msg = self._mutable()[uid] = msg.moved("cur", target)
                     touched = True
                     break
                 except FileNotFoundError:
@@ -974,7 +984,7 @@ class Folder:
             raise _os_error(exc, f"cannot copy to {dest.name}") from exc
         if move:
             for uid, _base in placed:
-                msg = self._msgs.pop(uid, None)
+                msg = self._mutable().pop(uid, None)
                 if msg is not None:
                     self._by_base.pop(msg.base, None)
         uids_there = dest._claim([base for _uid, base in placed])
@@ -1021,7 +1031,7 @@ class Folder:
                 except OSError as exc:
                     raise _os_error(exc, f"cannot expunge UID {uid}") from exc
         for uid in removed:
-            msg = self._msgs.pop(uid)
+            msg = self._mutable().pop(uid)
             self._by_base.pop(msg.base, None)
         if removed:
             with contextlib.suppress(OSError):
@@ -1061,7 +1071,6 @@ class Folder:
             for wd in self._wds:
                 self._watcher.remove(wd)
         self._wds = ()
-        self._msgs.clear()
-        self._by_base.clear()
+        self._msgs, self._by_base = {}, {}
         self._synced = None
         self._unshare()
