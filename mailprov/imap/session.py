@@ -715,14 +715,20 @@ class Session:
         folder = sel.folder
         buffer: list[bytes] = []
         size = 0
-        for target in targets:
+        recent = sel.recent
+        ordered: dict[tuple[frozenset[str], bool], list[str]] = {}  # flag order, once per distinct set
+        for seq, target in zip(self._seqs(targets), targets, strict=True):
             info = sel.infos[target]
+            key = (info.flags, target in recent)
+            flags = ordered.get(key)
+            if flags is None:
+                flags = ordered[key] = ordered_flags(*key)
             try:
                 chunk = fetch.render(
-                    sel.index[target] + 1,
+                    seq,
                     target,
                     items,
-                    flags=sel.flags(target),
+                    flags=flags,
                     size=info.size,
                     internaldate=info.internaldate,
                     message=lambda t=target: folder.read(t),  # type: ignore[misc]
@@ -744,6 +750,14 @@ class Session:
             raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
         self._ok(cmd, out)
 
+    def _seqs(self, targets: list[int]) -> Iterable[int]:
+        """The sequence numbers of ``targets`` (UIDs of the selected folder, ascending)."""
+        sel = self._sel()
+        if len(targets) == len(sel.uids):
+            return range(1, len(targets) + 1)  # every message: the position is the sequence number
+        index = sel.index
+        return [index[t] + 1 for t in targets]
+
     def _fetch_meta(self, targets: list[int], items: list[fetch.Item], out: Output) -> None:
         """FETCH of FLAGS, UID, RFC822.SIZE and INTERNALDATE only (what clients ask of every message
         when they open a folder): no message is read. Built column by column, then one ``%`` per line:
@@ -751,14 +765,8 @@ class Session:
         distinct value), and the lines go out in large writes."""
         sel = self._sel()
         infos = [sel.infos[t] for t in targets]
-        seqs: Iterable[int]
-        if len(targets) == len(sel.uids):
-            seqs = range(1, len(targets) + 1)  # every message: the position is the sequence number
-        else:
-            index = sel.index
-            seqs = [index[t] + 1 for t in targets]
         parts: list[bytes] = []
-        columns: list[Iterable[object]] = [seqs]
+        columns: list[Iterable[object]] = [self._seqs(targets)]
         for item in items:
             if item.name == "FLAGS":
                 parts.append(b"FLAGS %s")

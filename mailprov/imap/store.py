@@ -436,6 +436,23 @@ def _os_error(exc: OSError, what: str) -> StoreError:
     return StoreError("SERVERBUG", f"{what}: {exc.strerror or exc}")
 
 
+def _read_whole(path: str, hint: int) -> bytes:
+    """A file's content: one ``read`` when it is no larger than ``hint`` octets (its CRLF size, never
+    below the file size), more only for a larger one. Several times cheaper than ``open().read()``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = max(hint, 4096) + 1
+        data = os.read(fd, want)
+        if len(data) < want:  # a short read of a regular file is its end
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 # --- one folder --------------------------------------------------------------------------------------
 
 
@@ -818,9 +835,8 @@ class Folder:
         msg = self._msg(uid)
         for _ in range(3):
             try:
-                # Unbuffered, on a string path: FETCH BODY[] of many messages spends its time here.
-                with open(f"{self._dirname}/{msg.subdir}/{msg.name}", "rb", buffering=0) as handle:
-                    return md.to_crlf(handle.readall())
+                # FETCH BODY[] of many messages spends its time here: bare descriptors, no file object.
+                return md.to_crlf(_read_whole(f"{self._dirname}/{msg.subdir}/{msg.name}", msg.size or 0))
             except FileNotFoundError:
                 found = self._relocate(msg)
                 if found is None:
