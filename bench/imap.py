@@ -6,7 +6,8 @@ Figures (each the best of ``--rounds``, servers interleaved so other load hits b
   * ``FETCH 1:* BODY.PEEK[]`` of 5,000 x 4 KiB messages over 1 session, and over 10 sessions at once
     (each fetching its tenth);
   * IDLE wake-up latency: a message dropped into new/ (as the MDA does) until ``* n EXISTS`` arrives;
-  * memory (RSS of the server's whole process tree) of N idle IDLE sessions (``--idle-sessions``).
+  * memory (RSS and PSS of the server's whole process tree) of N idle IDLE sessions (``--idle-sessions``,
+    default 1,000; the descriptor limit is raised to fit).
 
 Both servers serve plaintext on loopback (127.0.13.240), check the same argon2id hash and read the very
 same Maildir tree (Dovecot runs its mail processes as ``mail``: the tree is handed to it before its
@@ -18,9 +19,11 @@ Usage: python bench/imap.py [--big 10000] [--messages 5000] [--size 4096] [--rou
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import os
 import re
+import resource
 import socket
 import statistics
 import sys
@@ -90,8 +93,10 @@ class Client:
         self.sock.close()
 
 
-def tree_rss(root_pid: int) -> int:
-    """Resident memory (bytes) of a process and all its descendants."""
+def tree_memory(root_pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of a process and all its descendants. RSS counts the pages processes share
+    (libraries, a forked parent's memory) once per process; PSS divides them among the sharers, so it
+    is the fair figure for Dovecot's process per session."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -103,16 +108,41 @@ def tree_rss(root_pid: int) -> int:
             rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [root_pid]
-    seen = set()
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total_rss = total_pss = 0
+    todo, seen = [root_pid], set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += rss.get(pid, 0)
-        todo.extend(p for p, parent in parents.items() if parent == pid)
-    return total
+        total_rss += rss.get(pid, 0)
+        total_pss += _pss(pid)
+        todo.extend(children.get(pid, ()))
+    return total_rss, total_pss
+
+
+def _pss(pid: int) -> int:
+    """A process's proportional set size in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Let this process (and the servers it starts) hold ``needed`` descriptors, up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < needed:
+        print(f"only {want} file descriptors allowed (hard limit); fewer IDLE sessions may be reached")
 
 
 @dataclass
@@ -212,27 +242,37 @@ def bench_idle_latency(t: Target, maildir: Path, rounds: int = 10) -> float:
     return statistics.median(samples)
 
 
-def bench_idle_memory(t: Target, sessions: int) -> tuple[float, int]:
-    """(MiB of RSS added by ``sessions`` idle IDLE sessions, how many were idling)."""
-    before = tree_rss(t.pid)
-    clients = []
-    try:
-        for _ in range(sessions):
-            c = Client(t.port)
-            c.login(BODIES)
-            c.command("SELECT INBOX")
-            c.sock.sendall(b"I1 IDLE\r\n")
-            if not c.file.readline().startswith(b"+"):
-                break
+def bench_idle_memory(t: Target, sessions: int) -> tuple[float, float, int]:
+    """(MiB of RSS, MiB of PSS added by ``sessions`` idle IDLE sessions, how many were idling). Sessions
+    are opened 8 at a time (each login checks an argon2id hash) and bounded by their socket timeouts."""
+    before = tree_memory(t.pid)
+    clients: list[Client] = []
+    lock = threading.Lock()
+
+    def open_one(_i: int) -> None:
+        c = Client(t.port)
+        c.login(BODIES)
+        c.command("SELECT INBOX")
+        c.sock.sendall(b"I1 IDLE\r\n")
+        if not c.file.readline().startswith(b"+"):
+            c.sock.close()
+            return
+        with lock:
             clients.append(c)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for future in [pool.submit(open_one, i) for i in range(sessions)]:
+                with contextlib.suppress(OSError, RuntimeError, ConnectionError):
+                    future.result()
         time.sleep(1)
-        after = tree_rss(t.pid)
+        after = tree_memory(t.pid)
     finally:
         for c in clients:
             with contextlib.suppress(OSError):
                 c.sock.sendall(b"DONE\r\n")
             c.close()
-    return (after - before) / 2**20, len(clients)
+    return (after[0] - before[0]) / 2**20, (after[1] - before[1]) / 2**20, len(clients)
 
 
 @contextlib.contextmanager
@@ -287,6 +327,7 @@ def main() -> None:
     parser.add_argument("--no-dovecot", action="store_true", help="mailprov figures only")
     args = parser.parse_args()
     use_dovecot = not args.no_dovecot and DovecotIMAP.available()
+    raise_fd_limit(2 * args.idle_sessions + 1024)  # the clients' sockets, and the servers inherit it
     hashed = hash_password(PASSWORD)
     results: dict[tuple[str, str], float] = {}
     first_select: dict[str, float] = {}
@@ -323,10 +364,11 @@ def main() -> None:
                 t.prepare()  # type: ignore[operator]
                 keep(t.name, "IDLE wake-up median ms", bench_idle_latency(t, tmp / "mail" / "bench.test" / "big") * 1000)
                 t.prepare()  # type: ignore[operator]
-                mib, n = bench_idle_memory(t, args.idle_sessions)
+                rss, pss, n = bench_idle_memory(t, args.idle_sessions)
                 if n < args.idle_sessions:
                     print(f"{t.name}: only {n} of {args.idle_sessions} sessions entered IDLE")
-                keep(t.name, f"RSS of {args.idle_sessions} IDLE sessions MiB", mib)
+                keep(t.name, f"RSS of {args.idle_sessions} IDLE sessions MiB", rss)
+                keep(t.name, f"PSS of {args.idle_sessions} IDLE sessions MiB", pss)
     names = ["mailprov"] + (["dovecot"] if use_dovecot else [])
     print(f"IMAP benchmark: {args.big:,} messages for SELECT, {args.messages:,} x {args.size} B bodies, best of {args.rounds}")
     print(f"{'figure':44} " + " ".join(f"{n:>12}" for n in names) + ("  ratio (>1: mailprov better)" if use_dovecot else ""))
