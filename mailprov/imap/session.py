@@ -897,7 +897,8 @@ class Session:
         lines: list[bytes] = []
         for uid, info in now.items():
             old = sel.infos.get(uid)
-            if old is not None and old.flags != info.flags and uid in sel.index:
+            # Unchanged messages are the very same objects (the store shares them): skip those at once.
+            if old is not None and old is not info and old.flags != info.flags and uid in sel.index:
                 sel.infos[uid] = info
                 lines.append(f"* {sel.index[uid] + 1} FETCH (FLAGS ({' '.join(sel.flags(uid))}))\r\n".encode())
         last = sel.uids[-1] if sel.uids else 0

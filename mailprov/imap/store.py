@@ -670,8 +670,8 @@ class Folder:
             self._synced = shared
             return list(shared.infos), set()
         moved = self._move_new()
-        found = md.scan(self.dir)
-        listed = self._peek()
+        listed = None if moved else self._peek()  # just moved from new/: they need UIDs, go to the lock
+        found = {} if listed is None else md.scan(self.dir)
         if listed is None or listed.uidvalidity != self.uidvalidity or self._needs_update(listed, found):
             listed = self._assign_all()
             found = self._found
