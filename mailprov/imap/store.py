@@ -36,7 +36,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -169,9 +169,9 @@ def parse_uidlist(data: bytes) -> UidList | None:
 
 def ext_field(ext: str, key: str) -> str | None:
     """The value of extension field ``key`` (``W``: CRLF size, ``S``: file size) of a uidlist entry."""
-    for field in ext.split(" "):
-        if field[:1] == key:
-            return field[1:]
+    for part in ext.split(" "):
+        if part[:1] == key:
+            return part[1:]
     return None
 
 
@@ -483,12 +483,25 @@ class _Snapshot:
 
     stamp: tuple[int, ...]  # Folder._dir_stamp() taken before the scan
     settled: bool  # the stamp was already SETTLED seconds old then: equal stamps mean nothing changed
+    # The inotify watches of new/ and cur/ and their generations when the sync began (None: polling).
+    # The same generations later mean no file was created, renamed or removed there since, whatever
+    # the timestamps say (watch descriptors are never reused while the process lives).
+    watched: tuple[tuple[int, ...], tuple[int, ...]] | None
     uidvalidity: int
     uidnext: int
     keywords: dict[int, str]  # the keyword map the infos were made with
     msgs: dict[int, _Msg]
     by_base: dict[str, int]
     infos: list[MessageInfo]
+    by_uid: dict[int, MessageInfo] = field(init=False)  # infos by UID, for the sessions to copy
+    in_use: list[str] = field(init=False)  # the keywords some message carries, sorted
+    first_unseen: int | None = field(init=False)  # the lowest UID without \Seen
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_uid", {info.uid: info for info in self.infos})
+        distinct = {info.flags for info in self.infos}  # a handful of flag sets, shared by the messages
+        object.__setattr__(self, "in_use", sorted({f for flags in distinct for f in flags if not f.startswith("\\")}))
+        object.__setattr__(self, "first_unseen", next((i.uid for i in self.infos if "\\Seen" not in i.flags), None))
 
 
 class _Shared:
@@ -646,20 +659,28 @@ class Folder:
         """All messages sorted by UID, and the UIDs that are \\Recent for this caller. New messages get
         UIDs (under the uidlist lock); files gone from disk are expunged from this view."""
         # Taken first, so that a change made while this sync runs wakes the next wait_for_change.
+        watched: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         if self._wds:
             self._gens = self._watcher.generation(self._wds)  # type: ignore[union-attr]
+            watched = (self._wds, self._gens)
         now = time.time()
         stamp = self._stamp = self._dir_stamp()
         # Settled: the newest of new/, cur/ and the lists was modified SETTLED seconds before this stamp
         # was read, so any later change shows as another stamp (not hidden in the same timestamp tick).
         settled = now - max(stamp[0::2]) / 1e9 > SETTLED
         mine = self._synced
-        if mine is not None and mine.stamp == stamp and mine.settled:
+        if mine is not None and mine.stamp == stamp and (mine.settled or (watched is not None and mine.watched == watched)):
             return list(mine.infos), set()  # nothing in new/, cur/ or the lists changed
         shared = self._shared.snapshot
-        if shared is not None and shared.stamp == stamp and shared.settled and shared.uidvalidity == self.uidvalidity:
+        if (
+            shared is not None
+            and shared.stamp == stamp
+            and (shared.settled or (watched is not None and shared.watched == watched))
+            and shared.uidvalidity == self.uidvalidity
+        ):
             # Another view in this process synced this very state: take it over (nothing moved from
-            # new/ by this view, so nothing is \Recent for it).
+            # new/ by this view, so nothing is \Recent for it). After a delivery, the first session
+            # to sync scans; the others idling on the folder take its result.
             # The snapshot's own dicts, copied only when this view changes them (see _mutable): the
             # sessions idling on one folder then hold little more than their sequence-number maps.
             self._msgs, self._by_base, self._borrowed = shared.msgs, shared.by_base, True
@@ -683,13 +704,25 @@ class Folder:
         self._kw_names = keywords
         infos = [self._info(m) for m in self._msgs.values()]
         recent = {self._by_base[b] for b in moved if b in self._by_base}
-        snapshot = _Snapshot(stamp, settled, self.uidvalidity, self.uidnext, keywords, self._msgs, self._by_base, infos)
-        self._synced = snapshot
-        if not moved:  # moving from new/ changed the stamp: this state is not worth adopting
-            self._shared.snapshot = _Snapshot(
-                stamp, settled, self.uidvalidity, self.uidnext, keywords, dict(self._msgs), dict(self._by_base), infos
-            )
+        if moved:  # the moves changed the stamp and the generations: this state is not the one on disk
+            watched, settled = None, False
+        self._synced = _Snapshot(stamp, settled, watched, self.uidvalidity, self.uidnext, keywords, self._msgs, self._by_base, infos)
+        if not moved:
+            self._shared.snapshot = self._synced
+            self._borrowed = True  # published: from now on this view copies before it changes them
         return list(infos), recent
+
+    def info_map(self) -> dict[int, MessageInfo]:
+        """``{uid: MessageInfo}`` as of the last ``sync()``, in UID order: a new dict, the caller's own."""
+        return dict(self._synced.by_uid) if self._synced is not None else {}
+
+    def first_unseen(self) -> int | None:
+        """The lowest UID without \\Seen at the last ``sync()`` (None: every message is seen)."""
+        return self._synced.first_unseen if self._synced is not None else None
+
+    def keywords_in_use(self) -> list[str]:
+        """The keywords that messages carried at the last ``sync()``, sorted."""
+        return list(self._synced.in_use) if self._synced is not None else []
 
     def _needs_update(self, listed: UidList, found: dict[str, tuple[str, str]]) -> bool:
         if len(found) != len(listed.entries):

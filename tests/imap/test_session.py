@@ -148,3 +148,29 @@ def test_a_change_in_the_same_timestamp_tick_is_not_hidden_by_the_cache(tmp_path
     assert len(one.sync()[0]) == 2
     one.close()
     two.close()
+
+
+def test_after_a_delivery_the_first_view_scans_and_the_others_take_its_result(tmp_path: Path, monkeypatch) -> None:
+    """Many sessions idle on one folder: after a delivery the first syncs move and scan; the views that
+    sync after them take the result over (inotify saw no change since, however recent the times are)
+    and see the new message without listing the directories."""
+    from mailprov.imap import watch
+
+    assert watch.watcher() is not None, "inotify is needed (Linux)"
+    root = tmp_path / "john"
+    Store(root)
+    deliver(root, 3)
+    phone, desktop, tablet = (Store(root).open("INBOX") for _ in range(3))
+    for view in (phone, desktop, tablet):
+        view.sync()
+    deliver(root)
+    assert len(phone.sync()[1]) == 1  # moved it from new/: \Recent for the phone
+    assert len(desktop.sync()[0]) == 4  # a scan of the state after the move, shared
+    with monkeypatch.context() as m:
+        m.setattr(md, "scan", lambda box: pytest.fail("scanned a folder another view had just synced"))
+        msgs, recent = tablet.sync()
+    assert len(msgs) == 4 and recent == set()
+    deliver(root)  # a change after it: scanned again
+    assert len(tablet.sync()[0]) == 5
+    for view in (phone, desktop, tablet):
+        view.close()
