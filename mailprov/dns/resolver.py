@@ -53,6 +53,7 @@ class Answer:
     error: str | None = None  # set when the query could not be completed
     negative_ttl: int | None = None  # from the SOA in the authority section of NXDOMAIN / NODATA
     authority: list[dns.rrset.RRset] = field(default_factory=list)  # kept for DNSSEC answers (NSEC proofs, RRSIGs)
+    _evidence: Evidence | None = field(default=None, init=False, repr=False, compare=False)  # formatted once, shared by the results
 
     @property
     def nxdomain(self) -> bool:
@@ -103,19 +104,22 @@ class Answer:
         )
 
     def evidence(self) -> Evidence:
-        """This answer as report evidence."""
+        """This answer as report evidence (one object per answer: results that cite it share it, and nobody changes it)."""
+        if self._evidence is not None:
+            return self._evidence
         answer = [
             f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
             for rrset in self.rrsets
             for rd in rrset
         ]
-        return Evidence(
+        self._evidence = Evidence(
             query=f"{self.qname} {self.rdtype}",
             server=self.server,
             rcode="ERROR" if self.error else self.rcode,
             answer=answer if not self.error else [self.error],
             ttl=self.ttl,
         )
+        return self._evidence
 
 
 class Source(Protocol):
@@ -177,6 +181,11 @@ def _wire_name(qname: str) -> bytes:
     return bytes(out) + b"\0"
 
 
+def question_wire(qname: str, rdtype: int) -> bytes:
+    """The question section of a query for ``qname``/``rdtype`` (class IN) in wire format."""
+    return _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN)
+
+
 def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, payload: int = 1232, dnssec: bool = False) -> bytes:
     """A query message in wire format with EDNS0 (built directly: dnspython's builder costs as much as the query).
 
@@ -184,10 +193,108 @@ def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, pay
     3.2.2): a validating resolver then hands over bogus data instead of SERVFAIL, so that the checker can
     say what is wrong with it.
     """
+    return _query(question_wire(qname, rdtype), qid, recursion=recursion, payload=payload, dnssec=dnssec)
+
+
+def _query(question: bytes, qid: int, *, recursion: bool, payload: int = 1232, dnssec: bool = False) -> bytes:
     flags = (0x0100 if recursion else 0) | (0x0010 if dnssec else 0)
-    header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1)
-    opt = b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, payload, 0x8000 if dnssec else 0, 0)
-    return header + _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN) + opt
+    opt = b"\0" + _RR.pack(dns.rdatatype.OPT, payload, 0x8000 if dnssec else 0, 0)
+    return _HEADER.pack(qid, flags, 1, 0, 0, 1) + question + opt
+
+
+@dataclass
+class Reply:
+    """The parts of a response the checks use: flags, rcode, the answer section, the authority section."""
+
+    flags: int
+    rcode: int
+    answer: list[dns.rrset.RRset]
+    authority: list[dns.rrset.RRset]
+
+
+def _skip_name(wire: bytes, cur: int) -> int:
+    """The offset after the (possibly compressed) name at ``cur``, without building it."""
+    for _ in range(128):  # a name has at most 127 labels
+        length = wire[cur]
+        if length == 0:
+            return cur + 1
+        if length >= 0xC0:
+            return cur + 2
+        if length > 63:
+            raise dns.exception.FormError("bad label type")
+        cur += length + 1
+    raise dns.exception.FormError("name too long")
+
+
+def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -> Reply | None:
+    """Parse an answer to the query whose question section is ``question`` (wire format), or None when it is not one.
+
+    dnspython does the records (:func:`dns.name.from_wire`, :func:`dns.rdata.from_wire`); this walks the
+    message's sections (RFC 1035 4.1) itself, because ``dns.message.from_wire`` costs about half of the
+    checker's CPU on a fast resolver: it builds every record of every section, the OPT record and the
+    additional section included. Here the answer section is parsed, the authority section only for its
+    SOA (the negative-caching TTL) unless ``full_authority`` (DNSSEC: NSEC/NSEC3 proofs and RRSIGs), and
+    of the additional section only the OPT record's extended rcode is read. Records of one name, class and
+    type (and covered type) form one RRset, as ``dns.message.from_wire`` groups them. A response that is
+    not a reply (QR clear), whose question differs (names compared case-insensitively, RFC 1035 2.3.3) or
+    that is malformed gives None.
+    """
+    try:
+        _qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+        end = 12 + len(question)
+        if not flags & 0x8000 or qdcount != 1 or wire[12:end - 4].lower() != question[:-4].lower() or wire[end - 4 : end] != question[-4:]:
+            return None
+        names: dict[int, dns.name.Name] = {}  # offset -> the name there: most owner names are a pointer to the question's
+        cur = end
+        sections: list[list[dns.rrset.RRset]] = []
+        for count, keep in ((ancount, None), (nscount, None if full_authority else dns.rdatatype.SOA)):
+            rrsets: dict[tuple, dns.rrset.RRset] = {}
+            for _ in range(count):
+                at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
+                name = names.get(at)
+                if name is None:
+                    name, used = dns.name.from_wire(wire, cur)
+                    names[at] = name
+                    cur += used
+                else:
+                    cur += 2 if at != cur else _skip_name(wire, cur) - cur
+                rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+                cur += 10
+                if cur + rdlen > len(wire):
+                    raise dns.exception.FormError("record beyond the end of the message")
+                if keep is not None and rdtype != keep:
+                    cur += rdlen
+                    continue
+                rd = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
+                cur += rdlen
+                covers = rd.covers()
+                key = (name, rdclass, rdtype, covers)
+                rrset = rrsets.get(key)
+                if rrset is None:
+                    rrset = rrsets[key] = dns.rrset.RRset(name, rdclass, rdtype, covers)
+                rrset.add(rd, ttl)
+            sections.append(list(rrsets.values()))
+        rcode = flags & 0x000F
+        for _ in range(arcount):
+            cur = _skip_name(wire, cur)
+            rdtype, _rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+            if rdtype == dns.rdatatype.OPT:
+                rcode |= (ttl >> 24) << 4  # the extended rcode (RFC 6891 6.1.3)
+            cur += 10 + rdlen
+        if cur > len(wire):
+            return None
+    except (dns.exception.DNSException, IndexError, struct.error, ValueError):
+        return None  # a malformed or forged packet
+    return Reply(flags, rcode, sections[0], sections[1])
+
+
+def _reply_of(message: dns.message.Message) -> Reply:
+    """A :class:`Reply` from a message dnspython parsed (the TCP retry)."""
+    return Reply(int(message.flags), message.rcode(), list(message.answer), list(message.authority))
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
 
 
 class _Mux(asyncio.DatagramProtocol):
@@ -199,7 +306,8 @@ class _Mux(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[str, int, asyncio.Future[dns.message.Message]]] = {}
+        # query ID -> (question section in wire format, keep the whole authority section, the waiting future)
+        self.pending: dict[int, tuple[bytes, bool, asyncio.Future[Reply]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -208,16 +316,10 @@ class _Mux(asyncio.DatagramProtocol):
         entry = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
         if entry is None:
             return
-        qname, rdtype, future = entry
-        try:
-            response = dns.message.from_wire(data)
-        except Exception:  # a malformed or forged packet: keep waiting for the real answer
-            return
-        if not response.flags & dns.flags.QR or len(response.question) != 1:
-            return
-        question = response.question[0]
-        if question.rdtype == rdtype and question.name.to_text().lower() == qname and not future.done():
-            future.set_result(response)
+        question, full_authority, future = entry
+        reply = parse_reply(data, question, full_authority=full_authority)
+        if reply is not None and not future.done():  # None: malformed, forged or not ours: keep waiting for the real answer
+            future.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable) on the connected socket: every query in flight on it fails now.
@@ -262,7 +364,7 @@ class NetworkSource:
         self._next += 1
         return pool[self._next % len(pool)]
 
-    async def _udp(self, qname: str, rdtype: str, host: str, port: int, dnssec: bool = False) -> dns.message.Message:
+    async def _udp(self, qname: str, rdtype: str, host: str, port: int, dnssec: bool = False) -> Reply:
         """Send over a pooled socket; on a truncated answer, ask again over TCP."""
         mux = await self._mux(host, port)
         assert mux.transport is not None
@@ -270,24 +372,26 @@ class NetworkSource:
             qid = secrets.randbelow(65536)
             if qid not in mux.pending:
                 break
-        qtype = dns.rdatatype.from_text(rdtype)
-        future: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
-        mux.pending[qid] = (qname, qtype, future)
+        question = question_wire(qname, dns.rdatatype.from_text(rdtype))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        mux.pending[qid] = (question, dnssec, future)
+        # A timer on the future rather than asyncio.wait_for: the same bound, without a wrapper per query.
+        timer = loop.call_later(self.timeout, _expire, future)
         try:
-            mux.transport.sendto(query_wire(qname, qtype, qid, recursion=self.recursion, dnssec=dnssec))
-            response = await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            raise dns.exception.Timeout() from None
+            mux.transport.sendto(_query(question, qid, recursion=self.recursion, dnssec=dnssec))
+            reply = await future
         finally:
+            timer.cancel()
             mux.pending.pop(qid, None)
-        if response.flags & dns.flags.TC:
+        if reply.flags & dns.flags.TC:
             request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232, want_dnssec=dnssec)
             if dnssec:
                 request.flags |= dns.flags.CD
             if not self.recursion:
                 request.flags &= ~dns.flags.RD
-            response = await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port)
-        return response
+            reply = _reply_of(await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port))
+        return reply
 
     def close(self) -> None:
         """Close the pooled sockets."""
@@ -314,6 +418,8 @@ class NetworkSource:
         if future is None:
             future = asyncio.ensure_future(self._ask(qname, rdtype, dnssec))
             self._cache[key] = future
+        elif future.done():
+            return future.result()
         return await asyncio.shield(future)
 
     async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
@@ -322,33 +428,37 @@ class NetworkSource:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
-                    response = await self._udp(qname, rdtype, host, port, dnssec)
+                    reply = await self._udp(qname, rdtype, host, port, dnssec)
                 except dns.exception.Timeout:
                     failures.append(f"{server}: no answer within {self.timeout:g} s")
                     continue
                 except (OSError, dns.exception.DNSException) as exc:
                     failures.append(f"{server}: {exc.__class__.__name__}: {exc}")
                     continue
-                rcode = dns.rcode.to_text(response.rcode())
-                if rcode not in ("NOERROR", "NXDOMAIN"):
-                    failures.append(f"{server}: {rcode}")
+                if reply.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                    failures.append(f"{server}: {dns.rcode.to_text(reply.rcode)}")
                     continue
-                return _from_response(qname, rdtype, server, response, dnssec)
+                return _from_reply(qname, rdtype, server, reply, dnssec)
         return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
 
 
-def _from_response(qname: str, rdtype: str, server: str, response: dns.message.Message, dnssec: bool = False) -> Answer:
-    """An Answer from a response: the answer section, and the negative TTL from the SOA in authority."""
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(dns.exception.Timeout())
+
+
+def _from_reply(qname: str, rdtype: str, server: str, reply: Reply, dnssec: bool = False) -> Answer:
+    """An Answer from a reply: the answer section, and the negative TTL from the SOA in authority."""
     negative_ttl = None
-    for rrset in response.authority:
+    for rrset in reply.authority:
         if rrset.rdtype == dns.rdatatype.SOA:
             negative_ttl = min(rrset.ttl, rrset[0].minimum)
     return Answer(
         qname,
         rdtype,
         server,
-        rcode=dns.rcode.to_text(response.rcode()),
-        rrsets=list(response.answer),
+        rcode="NXDOMAIN" if reply.rcode == dns.rcode.NXDOMAIN else "NOERROR",
+        rrsets=reply.answer,
         negative_ttl=negative_ttl,
-        authority=list(response.authority) if dnssec else [],
+        authority=reply.authority if dnssec else [],
     )
