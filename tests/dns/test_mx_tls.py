@@ -7,10 +7,8 @@ server it needs there on a free port and gives that port with ``--smtp-port``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
@@ -21,26 +19,7 @@ from tests.conftest import require_programs
 from tests.dns import dnssec_lab as lab
 from tests.outbound.pki import ServerCert, TestCA
 from tests.peers.knot import free_port
-from tests.peers.mailprov_server import MailprovTree, run_mailprov
 from tests.peers.postfix import PostfixPeer
-
-
-@pytest.fixture
-def our_mta() -> Iterator:
-    """Factory: our MTA as the MX at ``ip`` with the given certificate; stopped afterwards."""
-    started = []
-
-    def start(ip: str, hostname: str, cert: ServerCert) -> int:
-        tree = MailprovTree.create(
-            hostname=hostname, domains=[hostname.split(".", 1)[1]], ip=ip, tls={"cert": str(cert.cert), "key": str(cert.key)}
-        )
-        started.append((tree, run_mailprov(tree.config_path)))
-        return tree.ports["smtp"]
-
-    yield start
-    for tree, process in started:
-        process.stop()
-        tree.cleanup()
 
 
 def check(resolver: str, domain: str, port: int, pki: TestCA, *extra: str) -> tuple[int, dict[str, dict]]:
