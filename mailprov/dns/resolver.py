@@ -14,6 +14,7 @@ Answer with ``error`` set, naming the server and the query.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import secrets
@@ -63,7 +64,7 @@ class Answer:
     @property
     def records(self) -> list[dns.rdata.Rdata]:
         """Records of the asked type (at the end of any CNAME chain)."""
-        want = dns.rdatatype.from_text(self.rdtype)
+        want = _rdtype(self.rdtype)
         return [rd for rrset in self.rrsets if rrset.rdtype == want for rd in rrset]
 
     @property
@@ -76,7 +77,7 @@ class Answer:
     @property
     def ttl(self) -> int | None:
         """TTL of the records asked for, or the negative-caching TTL of a NODATA / NXDOMAIN."""
-        want = dns.rdatatype.from_text(self.rdtype)
+        want = _rdtype(self.rdtype)
         ttls = [rrset.ttl for rrset in self.rrsets if rrset.rdtype == want]
         return min(ttls) if ttls else self.negative_ttl
 
@@ -210,6 +211,7 @@ class Reply:
     rcode: int
     answer: list[dns.rrset.RRset]
     authority: list[dns.rrset.RRset]
+    negative_ttl: int | None = None  # from the SOA in the authority section (RFC 2308 5)
 
 
 def _skip_name(wire: bytes, cur: int) -> int:
@@ -232,8 +234,9 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
     dnspython does the records (:func:`dns.name.from_wire`, :func:`dns.rdata.from_wire`); this walks the
     message's sections (RFC 1035 4.1) itself, because ``dns.message.from_wire`` costs about half of the
     checker's CPU on a fast resolver: it builds every record of every section, the OPT record and the
-    additional section included. Here the answer section is parsed, the authority section only for its
-    SOA (the negative-caching TTL) unless ``full_authority`` (DNSSEC: NSEC/NSEC3 proofs and RRSIGs), and
+    additional section included. Here the answer section is parsed; of the authority section only the
+    negative-caching TTL (RFC 2308 5: the smaller of the SOA record's TTL and its MINIMUM, the rdata's last
+    4 bytes) is read, unless ``full_authority`` (DNSSEC: the NSEC/NSEC3 proofs and RRSIGs) parses it all;
     of the additional section only the OPT record's extended rcode is read. Records of one name, class and
     type (and covered type) form one RRset, as ``dns.message.from_wire`` groups them. A response that is
     not a reply (QR clear), whose question differs (names compared case-insensitively, RFC 1035 2.3.3) or
@@ -247,9 +250,19 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
         names: dict[int, dns.name.Name] = {}  # offset -> the name there: most owner names are a pointer to the question's
         cur = end
         sections: list[list[dns.rrset.RRset]] = []
-        for count, keep in ((ancount, None), (nscount, None if full_authority else dns.rdatatype.SOA)):
+        negative_ttl = None
+        # The authority section is parsed whole for DNSSEC (the proofs); otherwise only its SOA's TTLs are read.
+        for section, count in enumerate((ancount, nscount)):
+            build = section == 0 or full_authority
             rrsets: dict[tuple, dns.rrset.RRset] = {}
             for _ in range(count):
+                if not build:
+                    cur = _skip_name(wire, cur)
+                    rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+                    cur += 10 + rdlen
+                    if rdtype == dns.rdatatype.SOA and rdlen >= 22 and negative_ttl is None:
+                        negative_ttl = min(ttl, int.from_bytes(wire[cur - 4 : cur], "big"))
+                    continue
                 at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
                 name = names.get(at)
                 if name is None:
@@ -257,16 +270,15 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
                     names[at] = name
                     cur += used
                 else:
-                    cur += 2 if at != cur else _skip_name(wire, cur) - cur
+                    cur += 2
                 rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
                 cur += 10
                 if cur + rdlen > len(wire):
                     raise dns.exception.FormError("record beyond the end of the message")
-                if keep is not None and rdtype != keep:
-                    cur += rdlen
-                    continue
                 rd = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
                 cur += rdlen
+                if rdtype == dns.rdatatype.SOA and section == 1 and negative_ttl is None:
+                    negative_ttl = min(ttl, rd.minimum)
                 covers = rd.covers()
                 key = (name, rdclass, rdtype, covers)
                 rrset = rrsets.get(key)
@@ -285,12 +297,19 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
             return None
     except (dns.exception.DNSException, IndexError, struct.error, ValueError):
         return None  # a malformed or forged packet
-    return Reply(flags, rcode, sections[0], sections[1])
+    return Reply(flags, rcode, sections[0], sections[1], negative_ttl)
 
 
 def _reply_of(message: dns.message.Message) -> Reply:
     """A :class:`Reply` from a message dnspython parsed (the TCP retry)."""
-    return Reply(int(message.flags), message.rcode(), list(message.answer), list(message.authority))
+    soa = next((r for r in message.authority if r.rdtype == dns.rdatatype.SOA), None)
+    negative_ttl = min(soa.ttl, soa[0].minimum) if soa is not None and len(soa) else None
+    return Reply(int(message.flags), message.rcode(), list(message.answer), list(message.authority), negative_ttl)
+
+
+@functools.cache
+def _rdtype(text: str) -> int:
+    return dns.rdatatype.from_text(text)
 
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -329,6 +348,13 @@ class _Mux(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.error_received(exc or ConnectionError("socket closed"))
+
+
+class _Abandoned(Exception):
+    """The asker of a shared query was cancelled before the answer came: the others ask again."""
+
+
+_MAX_HANDOVERS = 8  # how many cancelled first askers one waiter follows before asking without the cache
 
 
 class NetworkSource:
@@ -372,7 +398,7 @@ class NetworkSource:
             qid = secrets.randbelow(65536)
             if qid not in mux.pending:
                 break
-        question = question_wire(qname, dns.rdatatype.from_text(rdtype))
+        question = question_wire(qname, _rdtype(rdtype))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         mux.pending[qid] = (question, dnssec, future)
@@ -414,13 +440,28 @@ class NetworkSource:
         if self._cache is None:
             return await self._ask(qname, rdtype, dnssec)
         key = (qname, rdtype, dnssec)
-        future = self._cache.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._ask(qname, rdtype, dnssec))
-            self._cache[key] = future
-        elif future.done():
-            return future.result()
-        return await asyncio.shield(future)
+        for _ in range(_MAX_HANDOVERS):
+            future = self._cache.get(key)
+            if future is None:
+                # The first asker asks in its own task (a task per query would cost a tenth of the CPU) and
+                # hands the answer to those who asked meanwhile. If it is cancelled, they ask again themselves.
+                future = self._cache[key] = asyncio.get_running_loop().create_future()
+                try:
+                    answer = await self._ask(qname, rdtype, dnssec)
+                except BaseException:
+                    del self._cache[key]
+                    future.set_exception(_Abandoned())
+                    future.exception()  # retrieved: no "never retrieved" warning when nobody was waiting
+                    raise
+                future.set_result(answer)
+                return answer
+            if future.done() and not future.exception():
+                return future.result()
+            try:
+                return await asyncio.shield(future)  # a waiter's cancellation must not cancel the shared query
+            except _Abandoned:
+                continue
+        return await self._ask(qname, rdtype, dnssec)
 
     async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
         failures: list[str] = []
@@ -449,16 +490,12 @@ def _expire(future: asyncio.Future[Reply]) -> None:
 
 def _from_reply(qname: str, rdtype: str, server: str, reply: Reply, dnssec: bool = False) -> Answer:
     """An Answer from a reply: the answer section, and the negative TTL from the SOA in authority."""
-    negative_ttl = None
-    for rrset in reply.authority:
-        if rrset.rdtype == dns.rdatatype.SOA:
-            negative_ttl = min(rrset.ttl, rrset[0].minimum)
     return Answer(
         qname,
         rdtype,
         server,
         rcode="NXDOMAIN" if reply.rcode == dns.rcode.NXDOMAIN else "NOERROR",
         rrsets=reply.answer,
-        negative_ttl=negative_ttl,
+        negative_ttl=reply.negative_ttl,
         authority=reply.authority if dnssec else [],
     )

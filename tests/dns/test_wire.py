@@ -12,6 +12,7 @@ from __future__ import annotations
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,9 +50,11 @@ def test_a_reply_parses_as_dnspython_parses_it() -> None:
     assert _sets(ours.answer) == _sets(theirs.answer) and len(ours.answer) == 2
     assert _sets(ours.authority) == _sets(theirs.authority)
     assert ours.rcode == theirs.rcode() == dns.rcode.NOERROR and ours.flags == theirs.flags
-    # Without the DNSSEC proofs asked for, only the authority's SOA is kept (the negative-caching TTL).
+    # Without the DNSSEC proofs asked for, the authority section gives only the negative-caching TTL:
+    # the SOA's MINIMUM or its TTL, whichever is smaller (RFC 2308 5), read off the wire.
     lean = parse_reply(wire, question_wire(QNAME.lower(), 15))
-    assert lean is not None and [r.rdtype for r in lean.authority] == [dns.rdatatype.SOA]
+    assert lean is not None and lean.authority == [] and lean.negative_ttl == ours.negative_ttl == 300
+    assert _sets(lean.answer) == _sets(ours.answer)
 
 
 def test_records_of_one_rrset_apart_in_the_section_are_grouped() -> None:
@@ -66,7 +69,10 @@ def test_records_of_one_rrset_apart_in_the_section_are_grouped() -> None:
 def test_nxdomain_extended_rcode_and_truncation() -> None:
     nx = _response(rcode=dns.rcode.NXDOMAIN, authority=[("alpha.test.", 600, "SOA", "ns.alpha.test. h.alpha.test. 1 2 3 4 300")])
     reply = parse_reply(nx.to_wire(), question_wire(QNAME.lower(), 1))
-    assert reply is not None and reply.rcode == dns.rcode.NXDOMAIN and reply.authority[0][0].minimum == 300
+    assert reply is not None and reply.rcode == dns.rcode.NXDOMAIN and reply.negative_ttl == 300
+    short_ttl = _response(rcode=dns.rcode.NXDOMAIN, authority=[("alpha.test.", 60, "SOA", "ns.alpha.test. h.alpha.test. 1 2 3 4 300")])
+    reply = parse_reply(short_ttl.to_wire(), question_wire(QNAME.lower(), 1), full_authority=True)
+    assert reply is not None and reply.negative_ttl == 60 and reply.authority[0].rdtype == dns.rdatatype.SOA
     badvers = _response(rcode=dns.rcode.BADVERS)  # 16: the upper bits travel in the OPT record
     reply = parse_reply(badvers.to_wire(), question_wire(QNAME.lower(), 1))
     assert reply is not None and reply.rcode == dns.rcode.BADVERS
