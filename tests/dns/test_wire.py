@@ -107,3 +107,28 @@ def test_any_bytes_after_a_matching_header_never_raise_and_agree_with_dnspython(
 
 
 _RRSIG_MX = "MX 13 2 300 20270101000000 20260101000000 12345 alpha.test. " + "A" * 86 + "=="
+
+
+def test_a_cancelled_first_asker_hands_the_shared_query_over(knot) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent askers of one query share it; when the one asking is cancelled, the others ask again and get
+    the answer (not its cancellation)."""
+    import asyncio
+
+    from mailprov.dns.resolver import NetworkSource
+
+    async def main() -> None:
+        source = NetworkSource([(knot.address, knot.port)], timeout=5)
+        try:
+            first = asyncio.ensure_future(source.query("good.zz.test", "MX"))
+            await asyncio.sleep(0)  # the first asker owns the query now
+            waiter = asyncio.ensure_future(source.query("GOOD.zz.test.", "MX"))
+            await asyncio.sleep(0)  # the second waits for the first's answer
+            first.cancel()
+            answer = await asyncio.wait_for(waiter, 10)
+            assert answer.error is None and [rd.exchange.to_text() for rd in answer.records] == ["mx.good.zz.test."]
+            assert first.cancelled()
+            assert (await source.query("good.zz.test", "MX")) is answer  # and it is cached for the rest of the run
+        finally:
+            source.close()
+
+    asyncio.run(main())
