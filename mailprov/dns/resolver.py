@@ -108,11 +108,10 @@ class Answer:
         """This answer as report evidence (one object per answer: results that cite it share it, and nobody changes it)."""
         if self._evidence is not None:
             return self._evidence
-        answer = [
-            f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
-            for rrset in self.rrsets
-            for rd in rrset
-        ]
+        answer = []
+        for rrset in self.rrsets:
+            head = f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} "
+            answer += [head + rd.to_text() for rd in rrset]
         self._evidence = Evidence(
             query=f"{self.qname} {self.rdtype}",
             server=self.server,
