@@ -269,7 +269,7 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
                     names[at] = name
                     cur += used
                 else:
-                    cur += 2
+                    cur = _skip_name(wire, cur)
                 rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
                 cur += 10
                 if cur + rdlen > len(wire):

@@ -66,6 +66,20 @@ def test_records_of_one_rrset_apart_in_the_section_are_grouped() -> None:
     assert sorted(len(r) for r in ours.answer) == [1, 2]
 
 
+def test_names_compressed_into_the_question_and_into_records() -> None:
+    """RFC 1035 4.1.4: an owner name may point into the middle of the question's name, or into an earlier record's data."""
+    response = _response(
+        answer=[
+            (QNAME, 300, "CNAME", "host.Beta.test."),
+            ("host.beta.test.", 300, "A", "192.0.2.7"),
+            ("alpha.test.", 300, "A", "192.0.2.8"),
+        ]
+    )
+    wire = response.to_wire()
+    ours = parse_reply(wire, question_wire(QNAME.lower(), 1))
+    assert ours is not None and _sets(ours.answer) == _sets(dns.message.from_wire(wire).answer) and len(ours.answer) == 3
+
+
 def test_nxdomain_extended_rcode_and_truncation() -> None:
     nx = _response(rcode=dns.rcode.NXDOMAIN, authority=[("alpha.test.", 600, "SOA", "ns.alpha.test. h.alpha.test. 1 2 3 4 300")])
     reply = parse_reply(nx.to_wire(), question_wire(QNAME.lower(), 1))
