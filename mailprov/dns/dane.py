@@ -154,7 +154,10 @@ def chain_match(records: list, chain_der: list[bytes], host: str, now: datetime 
     """Whether the presented chain (DER, leaf first) matches one of the usable TLSA ``records`` for ``host``: DANE-EE
     against the leaf (no name or date checks, RFC 7672 3.1.1), DANE-TA against the chain (:func:`dane_ta_problem`).
     Returns the outcome and what matched, or why nothing did."""
-    chain = [x509.load_der_x509_certificate(der) for der in chain_der]
+    try:
+        chain = [x509.load_der_x509_certificate(der) for der in chain_der]
+    except ValueError as exc:
+        return False, f"the server's certificate chain cannot be read: {exc}"
     now = now or datetime.now(UTC)
     why = []
     for rd in records:

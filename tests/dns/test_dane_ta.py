@@ -97,6 +97,11 @@ def test_chain_through_an_intermediate_to_the_named_root(ca: Chain) -> None:
     assert chain_match([_record(ca.root)], _der(leaf, ca.root, ca.inter), "mail.ta.test", NOW)[0]
 
 
+def test_a_chain_that_is_not_der_is_no_match_not_a_crash(ca: Chain) -> None:
+    ok, why = chain_match([_record(ca.root)], [b"not a certificate"], "mail.ta.test", NOW)
+    assert not ok and "cannot be read" in why
+
+
 def test_the_anchor_must_be_sent_by_the_server(ca: Chain) -> None:
     """RFC 7671 5.2.2: a TA certificate (or key digest) the server leaves out of its chain cannot be matched."""
     ok, why = chain_match([_record(ca.root)], _der(ca.leaf("mail.ta.test"), ca.inter), "mail.ta.test", NOW)
