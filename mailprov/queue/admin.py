@@ -1,8 +1,9 @@
 """Operator actions on the queue (``mailprov queue ...``), like Postfix's mailq, postqueue and postsuper.
 
 They work on the directories only, so they are safe while the server runs: every action is a rename or
-an unlink, and the running queue runner notices within ``queue.scan_interval`` seconds (it rescans
-``incoming/`` and ``deferred/``). An item being delivered at that moment finishes its attempt; its new
+an unlink. ``flush`` and ``release`` then pull the trigger FIFO (:mod:`mailprov.queue.trigger`), so a
+running server rescans ``incoming/`` at once; otherwise it notices within ``queue.scan_interval`` seconds.
+An item being delivered at that moment finishes its attempt; its new
 state is then written wherever the operator put it (``hold/``), or dropped if it was deleted.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailprov.errors import UsageError
+from mailprov.queue import trigger
 from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore, is_queue_id
 
 # mailq's markers: '*' being delivered, '!' on hold.
@@ -67,6 +69,8 @@ def flush(store: QueueStore, ids: list[str]) -> int:
         with contextlib.suppress(FileNotFoundError):
             store.move(qid, state, "incoming")
             moved += 1
+    if moved:
+        trigger.pull(store.root)
     return moved
 
 
@@ -81,12 +85,14 @@ def hold(store: QueueStore, ids: list[str]) -> int:
 
 
 def release(store: QueueStore, ids: list[str]) -> int:
-    """Release held items (to ``incoming/``: delivered at the next scan)."""
+    """Release held items (to ``incoming/``; a running server is woken to deliver them now)."""
     moved = 0
     for state, qid in _targets(store, ids, ("hold",)):
         with contextlib.suppress(FileNotFoundError):
             store.move(qid, state, "incoming")
             moved += 1
+    if moved:
+        trigger.pull(store.root)
     return moved
 
 
