@@ -254,7 +254,7 @@ class QueueRunner:
 
     # -- one attempt --------------------------------------------------------------------------------
     async def _attempt(self, job: _Job) -> None:
-        claimed = await self.io.run(self._claim, job)
+        claimed = await self.io.grouped(self._claim, job)
         if claimed is None:
             return
         item, message = claimed
@@ -270,7 +270,10 @@ class QueueRunner:
             groups.append((self.local, local))
         by_domain = group_by_domain((r for r in pending if not r.local), lambda r: r.address)
         groups += [(self.remote, rs) for rs in by_domain.values()]
-        outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
+        if len(groups) == 1:  # the usual case: no tasks to spawn and gather
+            outcomes = [await self._call(groups[0][0], item, groups[0][1], message)]
+        else:
+            outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
 
         now = self.clock()
         expired_after = self.config.queue.max_lifetime if now - item.arrival >= self.config.queue.max_lifetime else 0.0
@@ -326,7 +329,7 @@ class QueueRunner:
     async def _finish(self, item: QueueItem, message: bytes) -> None:
         """Remove a finished item, or write its new state and defer it."""
         if not item.pending:
-            await self.io.run(self._remove_anywhere, item.id)
+            await self.io.grouped(self._remove_anywhere, item.id)
             maillog.emit(f"{item.id}: removed")
             return
         item.next_attempt = self.clock() + retry_delay(item.attempts, self.config.queue.retry_min, self.config.queue.retry_max, self.rng())
@@ -343,7 +346,7 @@ class QueueRunner:
             maillog.emit(f"{item.id}: deleted by the operator during delivery; its new state was discarded")
 
     def _claim(self, job: _Job) -> tuple[QueueItem, bytes] | None:
-        """Blocking (one trip to the I/O pool per attempt): move the item to ``active/`` and read it, unless
+        """Blocking (grouped with other attempts' in one trip to the I/O pool): move the item to ``active/`` and read it, unless
         the job carries it. None if it is gone (the operator held or deleted it meanwhile) or unreadable
         (then quarantined)."""
         qid = job.queue_id
