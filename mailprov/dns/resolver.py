@@ -442,7 +442,7 @@ class NetworkSource:
         for _ in range(_MAX_HANDOVERS):
             future = self._cache.get(key)
             if future is None:
-                # The first asker asks in its own task (a task per query would cost a tenth of the CPU) and
+                # The first asker asks from its own task (a new task per query would cost a tenth of the CPU) and
                 # hands the answer to those who asked meanwhile. If it is cancelled, they ask again themselves.
                 future = self._cache[key] = asyncio.get_running_loop().create_future()
                 try:
