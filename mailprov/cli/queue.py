@@ -1,7 +1,8 @@
 """``mailprov queue``: inspect and steer the mail queue (like mailq, postqueue and postsuper).
 
-Safe while the server runs: every action is a rename or an unlink in the queue directories, and the
-running server notices within ``queue.scan_interval`` seconds.
+Safe while the server runs: every action is a rename or an unlink in the queue directories; ``flush``
+and ``release`` wake the running server at once (the queue's trigger FIFO), the others take effect
+within ``queue.scan_interval`` seconds.
 """
 
 from __future__ import annotations
