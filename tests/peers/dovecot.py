@@ -21,37 +21,26 @@ import time
 from pathlib import Path
 
 MAIL_USER = "mail"
-# The configuration differs by Dovecot's release: 2.3 (Debian 12) and 2.4 (Debian 13), whose settings were
-# renamed and which refuses a file that does not start with dovecot_config_version. Both describe the same
-# server: one protocol on {host}:{port}, users from a passwd-file, Maildir++ at ROOT/mail/DOMAIN/LOCAL.
-# {{protocol}} is pop3 or imap.
-_COMMON_23 = """\
-base_dir = {root}/run
+# One server in both of Dovecot's configuration languages: 2.3 (Debian 12) and 2.4 (Debian 13), which renamed
+# settings and refuses a file that does not start with dovecot_config_version. Each serves one protocol on
+# {host}:{port}, users from a passwd-file, Maildir++ at ROOT/mail/DOMAIN/LOCAL; {protocol} is pop3 or imap.
+_SERVER = """\
+{head}base_dir = {root}/run
 state_dir = {root}/state
-instance_name = mailprov-test-{{protocol}}-{port}
+instance_name = mailprov-test-{protocol}-{port}
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = {{protocol}}
+protocols = {protocol}
 listen = {host}
 ssl = no
-disable_plaintext_auth = no
 first_valid_uid = 1
 auth_mechanisms = plain
-mail_location = maildir:{root}/mail/%d/%n
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={root}/home/%d/%n
-}}
-service {{protocol}}-login {{
-  inet_listener {{protocol}} {{
-    address = {host}
+{users}service {protocol}-login {{
+  inet_listener {protocol} {{
+    {address} = {host}
     port = {port}
   }}
-  inet_listener {{protocol}}s {{
+  inet_listener {protocol}s {{
     port = 0
   }}
   process_min_avail = 1
@@ -63,22 +52,32 @@ service anvil {{
 # Dovecot 2.4 (https://doc.dovecot.org/2.4.0/installation/upgrade/2.3-to-2.4.html): the two version settings
 # come first (2.4.0: the defaults and storage formats of 2.4.0, whichever 2.4.x runs); mail_location split
 # into mail_driver/mail_path with %{user | domain} for %d; disable_plaintext_auth became auth_allow_cleartext;
-# passdb/userdb are named blocks with typed settings; a listener's address is its listen. Its maildir
-# driver defaults to the fs layout, so Maildir++ is asked for.
-_COMMON_24 = """\
-dovecot_config_version = 2.4.0
-dovecot_storage_version = 2.4.0
-base_dir = {root}/run
-state_dir = {root}/state
-instance_name = mailprov-test-{{protocol}}-{port}
-log_path = {root}/dovecot.log
-info_log_path = {root}/dovecot.log
-protocols = {{protocol}}
-listen = {host}
-ssl = no
+# passdb/userdb are named blocks with typed settings; a listener's address is its listen; pop3_uidl_format's
+# %f is %{filename}. Its maildir driver defaults to the fs layout, so Maildir++ is asked for.
+_VERSIONS = {
+    (2, 3): {
+        "head": "",
+        "address": "address",
+        "uidl": "%f",
+        "users": """\
+disable_plaintext_auth = no
+mail_location = maildir:{root}/mail/%d/%n
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%d/%n
+}}
+""",
+    },
+    (2, 4): {
+        "head": "dovecot_config_version = 2.4.0\ndovecot_storage_version = 2.4.0\n",
+        "address": "listen",
+        "uidl": "%{filename}",
+        "users": """\
 auth_allow_cleartext = yes
-first_valid_uid = 1
-auth_mechanisms = plain
 mail_driver = maildir
 mail_path = {root}/mail/%{{user | domain}}/%{{user | username}}
 mailbox_list_layout = maildir++
@@ -93,43 +92,30 @@ userdb static {{
     home = {root}/home/%{{user | domain}}/%{{user | username}}
   }}
 }}
-service {{protocol}}-login {{
-  inet_listener {{protocol}} {{
-    listen = {host}
-    port = {port}
-  }}
-  inet_listener {{protocol}}s {{
-    port = 0
-  }}
-  process_min_avail = 1
-}}
-service anvil {{
-  chroot =
-}}
-"""
-# POP3 UIDLs are the Maildir base file names, as mailprov's (2.4 spells the variable out).
-_POP3 = {(2, 3): "pop3_uidl_format = %f\n", (2, 4): "pop3_uidl_format = %{{filename}}\n"}
+""",
+    },
+}
 
 # IMAP on the Maildir++ layout mailprov's IMAP store writes (mailprov/imap/store.py): '.' separator, no
 # prefix, INBOX the root Maildir, the four special-use folders marked as mailprov marks them (alike in both).
 _IMAP = """\
-namespace inbox {{
+namespace inbox {
   inbox = yes
   separator = .
   prefix =
-  mailbox Sent {{
+  mailbox Sent {
     special_use = \\Sent
-  }}
-  mailbox Drafts {{
+  }
+  mailbox Drafts {
     special_use = \\Drafts
-  }}
-  mailbox Trash {{
+  }
+  mailbox Trash {
     special_use = \\Trash
-  }}
-  mailbox Junk {{
+  }
+  mailbox Junk {
     special_use = \\Junk
-  }}
-}}
+  }
+}
 """
 
 
@@ -142,12 +128,12 @@ def dovecot_version() -> tuple[int, int]:
 
 
 def config_text(protocol: str, version: tuple[int, int], **values: object) -> str:
-    """The configuration file for ``protocol`` (pop3 or imap) on Dovecot ``version``; ``values`` fill in
-    root, host, port, uid and gid."""
-    new = version >= (2, 4)
-    common = (_COMMON_24 if new else _COMMON_23).replace("{{protocol}}", protocol)
-    own = _POP3[(2, 4) if new else (2, 3)] if protocol == "pop3" else _IMAP
-    return (common + own).format(**values)
+    """The configuration file for ``protocol`` (pop3 or imap) on Dovecot ``version`` (2.4 and later are
+    written as 2.4); ``values`` fill in root, host, port, uid and gid."""
+    spelling = _VERSIONS[(2, 4) if version >= (2, 4) else (2, 3)]
+    users = spelling["users"].format(**values)
+    text = _SERVER.format(head=spelling["head"], users=users, address=spelling["address"], protocol=protocol, **values)
+    return text + (f"pop3_uidl_format = {spelling['uidl']}\n" if protocol == "pop3" else _IMAP)
 
 
 class DovecotPOP3:
