@@ -72,7 +72,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 @pytest.fixture(scope="session")
 def good_cert(pki: TestCA, tmp_path_factory: pytest.TempPathFactory):
     """The certificate our MTA serves as mail.good.diag.test (90 days); the lab publishes its TLSA record."""
-    return lab.issue_certificate(pki, "mail.good.diag.test", days=90, directory=tmp_path_factory.mktemp("good-cert"))
+    return pki.issue("mail.good.diag.test", days=90, directory=tmp_path_factory.mktemp("good-cert"))
 
 
 @pytest.fixture(scope="session")

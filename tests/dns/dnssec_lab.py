@@ -21,7 +21,6 @@ for the ``dnsbl`` tests.
 
 from __future__ import annotations
 
-import datetime
 import re
 import shutil
 import subprocess
@@ -32,12 +31,8 @@ import dns.dnssec
 import dns.name
 import dns.rdatatype
 import dns.zone
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from tests.outbound.pki import ServerCert, TestCA
 from tests.peers.knot import KnotServer
 
 KNOT_ADDRESS = "127.0.14.1"
@@ -46,29 +41,6 @@ GOOD_MX_ADDRESS = "127.0.14.10"  # mail.good.diag.test (mx.tls tests serve SMTP 
 TA_MX_ADDRESS = "127.0.21.10"  # mail.ta.diag.test (the DANE-TA test serves SMTP here)
 STS_ADDRESS = "127.0.14.20"  # mta-sts.good.diag.test (the MTA-STS tests serve the policy here)
 SOA = "@ SOA ns.diag.test. hostmaster.diag.test. 1 3600 600 86400 300\n@ NS ns.diag.test.\n"
-
-
-def issue_certificate(pki: TestCA, name: str, *, days: float, directory: Path) -> ServerCert:
-    """A certificate for ``name`` signed by the test CA, valid until ``days`` from now (negative: expired)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(pki.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(pki.key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + pki.cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return ServerCert(cert_path, key_path)
 
 
 def _keymgr(conf: Path, *args: str) -> str:

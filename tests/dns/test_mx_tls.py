@@ -70,7 +70,7 @@ def test_our_mta_passes_and_matches_its_tlsa_record(dnssec_lab: dict, pki: TestC
 def test_postfix_as_mx_passes(dnssec_lab: dict, pki: TestCA, tmp_path: Path) -> None:
     """Postfix with STARTTLS (smtpd_tls_security_level=may) and a certificate for its name: pass."""
     require_programs("postfix")
-    cert = lab.issue_certificate(pki, "mail.unsigned.diag.test", days=90, directory=tmp_path)
+    cert = pki.issue("mail.unsigned.diag.test", days=90, directory=tmp_path)
     port = free_port("127.0.14.11")
     extra = {"smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(cert.cert), "smtpd_tls_key_file": str(cert.key)}
     with PostfixPeer(ip="127.0.14.11", port=port, hostname="mail.unsigned.diag.test", extra=extra):
@@ -93,7 +93,7 @@ def test_postfix_without_starttls_fails(dnssec_lab: dict, pki: TestCA, tmp_path:
 
 def test_expired_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path, our_mta) -> None:
     """A certificate past its notAfter: fail, naming the verification error."""
-    cert = lab.issue_certificate(pki, "mail.expired.diag.test", days=-2, directory=tmp_path)
+    cert = pki.issue("mail.expired.diag.test", days=-2, directory=tmp_path)
     port = our_mta("127.0.14.12", "mail.expired.diag.test", cert)
     code, found = check(knot_resolver(dnssec_lab), "expired.diag.test", port, pki)
     tls = found["mx.tls mail.expired.diag.test (127.0.14.12)"]
@@ -104,7 +104,7 @@ def test_expired_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path
 
 def test_wrong_name_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path, our_mta) -> None:
     """A valid certificate for another name (RFC 6125): fail, saying it is not valid for the MX name."""
-    cert = lab.issue_certificate(pki, "somewhere-else.test", days=30, directory=tmp_path)
+    cert = pki.issue("somewhere-else.test", days=30, directory=tmp_path)
     port = our_mta("127.0.14.13", "mail.badds.diag.test", cert)
     _, found = check(knot_resolver(dnssec_lab), "badds.diag.test", port, pki)
     tls = found["mx.tls mail.badds.diag.test (127.0.14.13)"]
@@ -116,7 +116,7 @@ def test_certificate_expiring_soon_warns(pki: TestCA, tmp_path: Path) -> None:
     """Valid, but expiring within 14 days: a warning to renew (judged from the certificate a probe fetched)."""
     from mailprov.dns.dane import load_certificate
 
-    cert = lab.issue_certificate(pki, "mail.good.diag.test", days=5, directory=tmp_path)
+    cert = pki.issue("mail.good.diag.test", days=5, directory=tmp_path)
     leaf = load_certificate(cert.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
     probe = TlsProbe("mail.good.diag.test", lab.GOOD_MX_ADDRESS, 25, stage="done", banner="mail", ehlo=["mail"], starttls_offered=True)
     probe.tls_version, probe.cipher, probe.leaf_der = "TLSv1.3", "TLS_AES_256_GCM_SHA384", leaf
