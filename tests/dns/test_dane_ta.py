@@ -30,7 +30,7 @@ NOW = datetime.datetime.now(datetime.UTC)
 
 def test_our_mta_serving_a_chain_to_the_dane_ta_anchor_passes(dnssec_lab: dict, pki: TestCA, tmp_path, our_mta) -> None:
     """No --ca-file: the test CA is unknown to the system, so only DANE-TA can authenticate the MX (RFC 7672 3.1.2)."""
-    cert = lab.issue_certificate(pki, "mail.ta.diag.test", days=90, directory=tmp_path)  # served with the CA in its chain
+    cert = pki.issue("mail.ta.diag.test", days=90, directory=tmp_path)  # served with the CA in its chain
     port = our_mta(lab.TA_MX_ADDRESS, "mail.ta.diag.test", cert)
     args = ["check", "ta.diag.test", "--resolver", dnssec_lab["resolver"], "--trust-anchor", str(dnssec_lab["anchor"])]
     result = CliRunner().invoke(app, [*args, "--tls", "--smtp-port", str(port), "--timeout", "3", "--format", "json"])
