@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from mailprov.dns.model import CheckResult, Evidence, Status
+from mailprov.pkix import verifying_context
 
 EXPIRY_WARNING = timedelta(days=14)
 MAX_LINES = 100  # an EHLO answer longer than this is not an SMTP server
@@ -64,7 +65,7 @@ async def _reply(reader: asyncio.StreamReader, timeout: float, transcript: list[
 
 
 def _context(cafile: str | None, verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cafile) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = verifying_context(cafile) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
