@@ -5,8 +5,8 @@
 
 Targets (tests/hostile/fuzz_targets.py): ``address`` (envelope addresses), ``message`` (header scan, DSN,
 DKIM signing, POP3 RETR/TOP rendering of incoming messages), ``zone`` (zone files of ``mailprov check
---zone``), ``records`` (SPF, DMARC, DKIM, MTA-STS, TLS-RPT records and MTA-STS policies). Default: all,
-each for ``--seconds``.
+--zone``), ``records`` (SPF, DMARC, DKIM, MTA-STS, TLS-RPT records and MTA-STS policies), ``reply``
+(DNS replies as the checker's sockets receive them). Default: all, each for ``--seconds``.
 
 Engine: atheris (libFuzzer, coverage-guided; ``pip install atheris``, in the ``test`` extra) when it is
 installed, else a random-mutation loop over the seed corpus (say ``--engine random`` to force it). Each
@@ -53,7 +53,32 @@ SEEDS: dict[str, list[bytes]] = {
         b"v=STSv1; id=20240101",
         b"version: STSv1\nmode: enforce\nmx: *.example.org\nmax_age: 86400\n",
     ],
+    "reply": [],  # filled below: dnspython renders them
 }
+
+
+
+def _reply_seeds() -> list[bytes]:
+    """Replies to "mx.fuzz.test. A" as a server sends them (compressed): an address, a CNAME chain, NXDOMAIN with its SOA."""
+    import dns.message
+    import dns.rcode
+    import dns.rrset
+
+    out = []
+    for rcode, answer, authority in (
+        (dns.rcode.NOERROR, [("mx.fuzz.test.", "A", "192.0.2.1")], []),
+        (dns.rcode.NOERROR, [("mx.fuzz.test.", "CNAME", "mail.fuzz.test."), ("mail.fuzz.test.", "A", "192.0.2.2")], []),
+        (dns.rcode.NXDOMAIN, [], [("fuzz.test.", "SOA", "ns.fuzz.test. hm.fuzz.test. 1 3600 600 86400 60")]),
+    ):
+        response = dns.message.make_response(dns.message.make_query("mx.fuzz.test.", "A", use_edns=0))
+        response.set_rcode(rcode)
+        response.answer += [dns.rrset.from_text(n, 300, "IN", t, v) for n, t, v in answer]
+        response.authority += [dns.rrset.from_text(n, 300, "IN", t, v) for n, t, v in authority]
+        out.append(response.to_wire())
+    return out
+
+
+SEEDS["reply"] = _reply_seeds()
 
 
 def crash_dir(target: str) -> Path:

@@ -291,7 +291,8 @@ def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]
     users = [BIG, BODIES]
     out: list[Target] = []
     with contextlib.ExitStack() as stack:
-        dovecot = DovecotIMAP(tmp, HOST, free_port(HOST), {u: hashed for u in users})
+        limits = "default_process_limit = 5000\ndefault_client_limit = 10000\nmail_max_userip_connections = 5000\n"
+        dovecot = DovecotIMAP(tmp, HOST, free_port(HOST), {u: hashed for u in users}, extra=limits)
         (tmp / "etc").mkdir(parents=True, exist_ok=True)
         (tmp / "etc" / "users").write_text("".join(f"{u}:{hashed}\n" for u in users))
         port = free_port(HOST)
@@ -317,9 +318,6 @@ def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]
         assert process.proc is not None
         out.append(Target("mailprov", port, process.proc.pid, lambda: None))
         if use_dovecot:
-            dovecot.CONFIG = (
-                DovecotIMAP.CONFIG + "default_process_limit = 5000\ndefault_client_limit = 10000\nmail_max_userip_connections = 5000\n"
-            )
             stack.enter_context(dovecot)
             master = int((tmp / "run" / "master.pid").read_text())
             out.append(Target("dovecot", dovecot.port, master, dovecot.own))

@@ -153,8 +153,8 @@ class MailprovRelay:
         return count_files(self.tree.queue_dir / "deferred")
 
     def flush(self) -> None:
-        # What 'mailprov queue flush' does (move deferred items to incoming/, where the running server
-        # picks them up), minus the CLI's Python start-up, which is not queue work.
+        # What 'mailprov queue flush' does (move deferred items to incoming/ and wake the running server
+        # through the queue's trigger FIFO), minus the CLI's Python start-up, which is not queue work.
         admin.flush(QueueStore(self.tree.queue_dir), [])
 
     def close(self) -> None:

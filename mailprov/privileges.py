@@ -16,7 +16,8 @@ So, before the drop:
 
 SMTP worker processes (``smtp.processes`` above 1) are started before the drop; one that dies is
 restarted after it, which needs the interpreter, the code and the configuration file: when those are
-out of the user's reach, :func:`check_access` logs a warning naming them (the service still runs).
+out of the user's reach, :func:`check_access` logs a warning naming them (the service still runs, and
+serves the SMTP sessions in its main process once no worker is left).
 
 Kept apart from the service runner so that worker processes can drop privileges without importing it.
 """
@@ -251,7 +252,8 @@ def check_access(config: Config, services: list[str]) -> None:
     for need, why in zip(restart, results[len(required) :], strict=True):
         if why:
             log.warning(
-                "%s: user %s %s; an SMTP worker that dies cannot be restarted (fix: install mailprov where %s can read it,"
+                "%s: user %s %s; an SMTP worker that dies cannot be restarted (the main process then serves the sessions"
+                " itself, on one core; fix: install mailprov where %s can read it,"
                 " as the deploy roles do in /opt/mailprov/venv, or set smtp.processes = 1)",
                 need.what,
                 user.pw_name,

@@ -24,7 +24,12 @@ log = logging.getLogger("mailprov.tls")
 
 
 def generate_self_signed(hostname: str, cert_path: Path, key_path: Path, *, days: int = 825, addresses: tuple[str, ...] = ()) -> None:
-    """Write a self-signed ECDSA P-256 certificate for ``hostname`` (key mode 0600)."""
+    """Write a self-signed ECDSA P-256 certificate for ``hostname`` (key mode 0600).
+
+    Its extensions are those RFC 5280 asks of a server certificate, so a client that trusts it passes
+    OpenSSL's strict verification (``ssl.VERIFY_X509_STRICT``, Python 3.13's default): key identifiers
+    (4.2.1.1, 4.2.1.2), keyUsage digitalSignature (4.2.1.3), serverAuth (4.2.1.12).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -40,6 +45,10 @@ def generate_self_signed(hostname: str, cert_path: Path, key_path: Path, *, days
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     key_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mailprov import config as config_mod
 from mailprov.errors import UsageError
+
+if TYPE_CHECKING:
+    from mailprov import config as config_mod
 
 DEFAULT_CONFIG = "/etc/mailprov/mailprov.toml"
 
@@ -21,6 +23,9 @@ ConfigOption = Annotated[
 
 def load_config(path: str) -> config_mod.Config:
     """Load and validate the configuration named by ``--config``."""
+    # Imported here: the schema module is the heaviest of the start-up path, and --help does not need it.
+    from mailprov import config as config_mod
+
     return config_mod.load(path)
 
 

@@ -1,19 +1,21 @@
 """``mailprov queue``: inspect and steer the mail queue (like mailq, postqueue and postsuper).
 
-Safe while the server runs: every action is a rename or an unlink in the queue directories, and the
-running server notices within ``queue.scan_interval`` seconds.
+Safe while the server runs: every action is a rename or an unlink in the queue directories; ``flush``
+and ``release`` wake the running server at once (the queue's trigger FIFO), the others take effect
+within ``queue.scan_interval`` seconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
-from mailprov.queue import admin
-from mailprov.queue.store import QueueStore
+
+if TYPE_CHECKING:
+    from mailprov.queue.store import QueueStore
 
 app = typer.Typer(help="Inspect and steer the mail queue.", no_args_is_help=True)
 
@@ -21,6 +23,9 @@ IdsArgument = Annotated[list[str], typer.Argument(help="Queue ids, or ALL.", sho
 
 
 def _store(config: str) -> QueueStore:
+    # Imported here, not at the top: --help and the other commands need neither the queue nor asyncio.
+    from mailprov.queue.store import QueueStore
+
     return QueueStore(load_config(config).paths.queue_dir)
 
 
@@ -31,6 +36,9 @@ def list_(
 ) -> None:
     """List queued messages, mailq-style: '*' being delivered, '!' on hold; each pending recipient
     with its last reply."""
+    # Imported in each command, not at the top: --help and the other commands need neither the queue nor asyncio.
+    from mailprov.queue import admin
+
     found = admin.entries(_store(config))
     if as_json:
         _stream(admin.json_lines(found), end="")
@@ -57,6 +65,8 @@ def show(
     body: Annotated[bool, typer.Option("--body", help="Print the whole message, not only its headers.")] = False,
 ) -> None:
     """Show one message: envelope, per-recipient status and headers."""
+    from mailprov.queue import admin
+
     state, item, message = admin.show(_store(config), queue_id)
     typer.echo(admin.format_item(state, item, message, body=body))
 
@@ -67,6 +77,8 @@ def flush(
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Retry deferred messages now."""
+    from mailprov.queue import admin
+
     count = admin.flush(_store(config), ids or [])
     typer.echo(f"mailprov: {count} message(s) scheduled for immediate delivery")
 
@@ -74,6 +86,8 @@ def flush(
 @app.command()
 def delete(ids: IdsArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Delete messages from the queue for good (no bounce is sent)."""
+    from mailprov.queue import admin
+
     count = admin.delete(_store(config), ids)
     typer.echo(f"mailprov: {count} message(s) deleted")
 
@@ -81,6 +95,8 @@ def delete(ids: IdsArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
 @app.command()
 def hold(ids: IdsArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Put messages on hold: they are kept but not delivered until released."""
+    from mailprov.queue import admin
+
     count = admin.hold(_store(config), ids)
     typer.echo(f"mailprov: {count} message(s) put on hold")
 
@@ -88,5 +104,7 @@ def hold(ids: IdsArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
 @app.command()
 def release(ids: IdsArgument, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Release held messages for delivery."""
+    from mailprov.queue import admin
+
     count = admin.release(_store(config), ids)
     typer.echo(f"mailprov: {count} message(s) released")

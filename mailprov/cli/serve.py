@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from mailprov import logsetup
 from mailprov.cli.common import DEFAULT_CONFIG, ConfigOption, load_config
 
 
@@ -26,7 +24,9 @@ def serve(
     """Run the mail services in the foreground until SIGTERM; binds ports, then drops to server.user."""
     # Imported here, as every command's heavy modules are: the services pull in the whole MTA and POP3
     # server, which the other commands (and 'mailprov -h') need not load.
-    from mailprov import service
+    import asyncio
+
+    from mailprov import logsetup, service
 
     cfg = load_config(config)
     logsetup.setup_logging(cfg)

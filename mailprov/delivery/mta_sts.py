@@ -34,6 +34,7 @@ import dns.exception
 import dns.resolver
 
 from mailprov.atomic import atomic_write
+from mailprov.pkix import verifying_context
 
 log = logging.getLogger("mailprov.outbound")
 
@@ -152,8 +153,7 @@ class HTTPSFetcher:
         self.resolver = resolver
         self.port = port
         self.timeout = timeout
-        self.context = ssl.create_default_context(cafile=ca_file)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context = verifying_context(ca_file)
 
     async def __call__(self, domain: str) -> str:
         host = f"mta-sts.{domain}"

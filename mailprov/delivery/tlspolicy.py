@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from mailprov.config import Config, TransportConfig
 from mailprov.delivery.mta_sts import StsPolicy
+from mailprov.pkix import verifying_context
 
 LEVELS = ("none", "opportunistic", "require", "verify")
 
@@ -86,9 +87,7 @@ def policy_for(config: Config, domain: str, *, transport: TransportConfig | None
 def client_context(*, verify: bool, ca_file: str | None = None) -> ssl.SSLContext:
     """A client TLS context: verifying (system CAs, or ``ca_file``) or accepting any certificate."""
     if verify:
-        context = ssl.create_default_context(cafile=ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
+        return verifying_context(ca_file)
     # Opportunistic TLS: encryption without authentication still beats plain text (RFC 7435), and
     # many MX hosts present self-signed certificates, so accept any, and old ciphers too.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -195,10 +195,10 @@ async def _live(source: Source, validator: Validator | None, domain: str, mx: MX
         probes = await asyncio.gather(
             *(probe_starttls(host, address, options.smtp_port, timeout=options.timeout, cafile=cafile) for host, address in pairs)
         )
-    served = {}
+    served: dict[str, list[bytes]] = {}
     for probe in probes:
-        if probe.leaf_der is not None:
-            served.setdefault(probe.host + ".", probe.leaf_der)
+        if probe.chain_der:
+            served.setdefault(probe.host + ".", probe.chain_der)
     results: list[CheckResult] = []
     matched: dict[str, bool | None] = {}
     if validator is not None:

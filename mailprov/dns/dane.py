@@ -4,7 +4,9 @@ Query the TLSA RRset through the DNSSEC validator (a TLSA record means nothing u
 RFC 7672 2.2); parse each record's usage, selector and matching type; check that at least one is usable
 for SMTP (DANE-TA(2) or DANE-EE(3); the PKIX usages 0 and 1 are not, RFC 7672 3.1.3), that a record for
 the next key is published beside the current one (RFC 7671 8.1, so a key change never breaks delivery),
-and, when ``--tls`` fetched it, that the certificate the MX serves matches a DANE-EE record.
+and, when ``--tls`` fetched it, that the certificate chain the MX serves matches a record: DANE-EE(3)
+against the certificate, DANE-TA(2) against the chain up to the anchor, with name checks (RFC 7671 5.2,
+RFC 7672 3.1.2, 3.2).
 
 :func:`tlsa_for_certificate` computes the recommended ``3 1 1`` record for a certificate
 (``mailprov dns plan --tlsa-from CERT``).
@@ -13,8 +15,10 @@ and, when ``--tls`` fetched it, that the certificate the MX serves matches a DAN
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mailprov.dns.dnssec import Security, Validator, verdict_result
@@ -72,13 +76,107 @@ def record_problems(usage: int, selector: int, matching: int, data: bytes) -> tu
 
 
 def tlsa_matches(usage: int, selector: int, matching: int, data: bytes, leaf: x509.Certificate) -> bool:
-    """Whether a DANE-EE record matches the server's certificate (DANE-TA needs the chain: not matched here)."""
+    """Whether a DANE-EE record matches the server's certificate (DANE-TA: :func:`dane_ta_problem`, which needs the chain)."""
     return usage == 3 and association(leaf, selector, matching) == data
 
 
-async def check_dane(validator: Validator, host: str, served: bytes | None = None) -> tuple[CheckResult, bool | None]:
-    """The ``dane`` result for one MX host, and whether ``served`` (the DER certificate its STARTTLS showed with
-    ``--tls``) matches a signed DANE-EE record (None when there is nothing to compare)."""
+def name_matches(cert: x509.Certificate, host: str) -> bool:
+    """Whether ``cert`` is for ``host`` (RFC 7672 3.2.3, RFC 6125 6.4): its DNS subjectAltNames (else its common
+    name), compared case-insensitively; a wildcard only as the whole left-most label, standing for one label."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    want = host.rstrip(".").lower().split(".")
+    for name in names:
+        labels = name.rstrip(".").lower().split(".")
+        if labels == want or (len(labels) > 2 and labels[0] == "*" and labels[1:] == want[1:] and len(want) == len(labels)):
+            return True
+    return False
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def dane_ta_problem(
+    usage: int, selector: int, matching: int, data: bytes, chain: list[x509.Certificate], host: str, now: datetime
+) -> str | None:
+    """Why a DANE-TA(2) record does not authenticate the ``chain`` the server presented (leaf first) for ``host``
+    (None when it does): RFC 7671 5.2 and RFC 7672 3.1.2, 3.2.
+
+    The trust anchor is a certificate of the presented chain, above the leaf, that the record matches (the
+    server must send it: RFC 7671 5.2.2; a record holding the full public key of a CA the server leaves out
+    is not matched here); the leaf must chain up to it within the presented certificates, each signed by
+    the next (a CA certificate), and each below the anchor within its validity period; the leaf must name
+    the MX host (name checks apply to DANE-TA, RFC 7672 3.2.2).
+    """
+    if usage != 2:
+        return f"{usage} {selector} {matching} is not a DANE-TA record"
+    anchors = [c for c in chain[1:] if association(c, selector, matching) == data]
+    if not anchors:
+        record = f"{usage} {selector} {matching}"
+        return f"no certificate the server sent matches the DANE-TA record {record} (RFC 7671 5.2.2: the server must send it)"
+    path, current = [chain[0]], chain[0]
+    while not any(current is a for a in anchors):
+        issuer = next(
+            (c for c in chain if not any(c is p for p in path) and c.subject == current.issuer and _is_ca(c) and _signed_by(current, c)),
+            None,
+        )
+        if issuer is None:
+            who = current.subject.rfc4514_string()
+            return f"the certificate of {who} is not signed by a CA certificate the server sent, on the way to the DANE-TA anchor"
+        path.append(issuer)
+        current = issuer
+    for cert in path[:-1]:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            when = f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}"
+            return f"the certificate of {cert.subject.rfc4514_string()} is outside its validity ({when})"
+    if not name_matches(chain[0], host):
+        return f"the certificate chains to the DANE-TA anchor but is not for {host.rstrip('.')} (RFC 7672 3.2.3 name check)"
+    return None
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def chain_match(records: list, chain_der: list[bytes], host: str, now: datetime | None = None) -> tuple[bool, str]:
+    """Whether the presented chain (DER, leaf first) matches one of the usable TLSA ``records`` for ``host``: DANE-EE
+    against the leaf (no name or date checks, RFC 7672 3.1.1), DANE-TA against the chain (:func:`dane_ta_problem`).
+    Returns the outcome and what matched, or why nothing did."""
+    try:
+        chain = [x509.load_der_x509_certificate(der) for der in chain_der]
+    except ValueError as exc:
+        return False, f"the server's certificate chain cannot be read: {exc}"
+    now = now or datetime.now(UTC)
+    why = []
+    for rd in records:
+        if rd.usage == 3 and tlsa_matches(rd.usage, rd.selector, rd.mtype, rd.cert, chain[0]):
+            return True, f"DANE-EE {rd.usage} {rd.selector} {rd.mtype} matches the certificate"
+        if rd.usage == 2:
+            problem = dane_ta_problem(rd.usage, rd.selector, rd.mtype, rd.cert, chain, host, now)
+            if problem is None:
+                anchored = f"DANE-TA {rd.usage} {rd.selector} {rd.mtype} matches the chain's trust anchor"
+                return True, f"{anchored}, and the certificate is for {host.rstrip('.')}"
+            why.append(problem)
+    if any(rd.usage == 3 for rd in records):
+        why.insert(0, "the certificate matches none of the DANE-EE records")
+    return False, "; ".join(why)
+
+
+async def check_dane(validator: Validator, host: str, served: list[bytes] | None = None) -> tuple[CheckResult, bool | None]:
+    """The ``dane`` result for one MX host, and whether ``served`` (the DER certificate chain, leaf first, its STARTTLS
+    showed with ``--tls``) matches a signed DANE-EE or DANE-TA record (None when there is nothing to compare)."""
     name = host.rstrip(".")
     owner = f"_25._tcp.{name}."
     verdict = await validator.validate(owner, "TLSA")
@@ -131,16 +229,15 @@ async def check_dane(validator: Validator, host: str, served: bytes | None = Non
         notes.append("only one usable TLSA record: publish the next key's record beside it before changing keys (RFC 7671 8.1)")
         fix = "generate the next key now and publish its '3 1 1' record too; switch keys once both have been out for the TTL"
     matched = None
-    if served is not None and usable:
-        leaf = load_certificate(served)
-        matched = any(tlsa_matches(rd.usage, rd.selector, rd.mtype, rd.cert, leaf) for rd in usable)
+    if served and usable:
+        matched, how = chain_match(usable, served, name)
         if matched:
-            notes.append("the certificate served over STARTTLS matches")
-        elif any(rd.usage == 3 for rd in usable):
+            notes.append(f"the certificate served over STARTTLS matches ({how})")
+        else:
             statuses.append(Status.FAIL)
-            notes.insert(0, "the certificate served over STARTTLS matches none of the DANE-EE records: DANE senders will not deliver")
+            notes.insert(0, f"the certificate chain served over STARTTLS matches no TLSA record ({how}): DANE senders will not deliver")
             fix = f"publish the served key's record ('mailprov dns plan --tlsa-from CERT') or serve the key the records name at {name}"
-    elif served is None:
+    elif not served:
         notes.append("not compared with the served certificate (add --tls)")
     status = worst(statuses) if statuses else Status.PASS
     listed = ", ".join(f"{rd.usage} {rd.selector} {rd.mtype}" for rd in records)

@@ -428,13 +428,34 @@ def verdict_result(check_id: str, subject: str, what: str, verdict: Verdict) -> 
 
 
 async def check_dnssec(validator: Validator, domain: str, mx_hosts: list[str]) -> list[CheckResult]:
-    """The ``dnssec`` results: the domain's MX RRset, and each MX host's address RRsets."""
+    """The ``dnssec`` results: the domain's MX RRset, and each MX host's A and AAAA RRsets (or their signed absence)."""
     if not validator.available:
         return [CheckResult("dnssec", Status.SKIP, domain, "skipped: DNSSEC needs a resolver (--resolver), not zone files")]
     fqdn = domain.rstrip(".") + "."
     hosts = [h for h in mx_hosts if h.rstrip(".") + "." != fqdn]
-    verdicts = await asyncio.gather(validator.validate(fqdn, "MX"), *(validator.validate(h, "A") for h in hosts))
+    # Both address types: a DANE sender looks up A and AAAA with DNSSEC, and a bogus AAAA (or a bogus proof
+    # that there is none) fails its lookup of the host as surely as a bogus A.
+    verdicts = await asyncio.gather(validator.validate(fqdn, "MX"), *(validator.validate(h, t) for h in hosts for t in ("A", "AAAA")))
     results = [verdict_result("dnssec", domain, f"{fqdn} MX", verdicts[0])]
-    for host, verdict in zip(hosts, verdicts[1:], strict=True):
-        results.append(verdict_result("dnssec", host.rstrip("."), f"{host.rstrip('.')}. A", verdict))
+    for i, host in enumerate(hosts):
+        name = host.rstrip(".")
+        results.append(verdict_result("dnssec", name, *_addresses_verdict(name + ".", verdicts[1 + 2 * i], verdicts[2 + 2 * i])))
     return results
+
+
+_SEVERITY = {Security.SECURE: 0, Security.INSECURE: 1, Security.ERROR: 2, Security.BOGUS: 3}
+
+
+def _addresses_verdict(host: str, a: Verdict, aaaa: Verdict) -> tuple[str, Verdict]:
+    """One verdict for a host's A and AAAA RRsets: the worse of the two, with the evidence of both."""
+    seen = {id(e) for e in a.evidence}
+    evidence = [*a.evidence, *(e for e in aaaa.evidence if id(e) not in seen)]
+    if a.security == aaaa.security:
+        absent = [t for t, v in (("A", a), ("AAAA", aaaa)) if v.answer is not None and not v.answer.records]
+        what = f"{host} A and AAAA"
+        if a.security == Security.SECURE and len(absent) == 1:
+            present = "AAAA" if absent == ["A"] else "A"
+            what = f"{host} {present} (and the absence of {absent[0]})"
+        return what, Verdict(a.security, a.reason, evidence, a.answer, a.path)
+    rdtype, worse = ("AAAA", aaaa) if _SEVERITY[aaaa.security] > _SEVERITY[a.security] else ("A", a)
+    return f"{host} {rdtype}", Verdict(worse.security, worse.reason, evidence, worse.answer, worse.path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from mailprov.dns.model import CheckResult, Evidence, Status
+from mailprov.pkix import verifying_context
 
 EXPIRY_WARNING = timedelta(days=14)
 MAX_LINES = 100  # an EHLO answer longer than this is not an SMTP server
@@ -42,6 +43,7 @@ class TlsProbe:
     verify_error: str = ""  # empty when the certificate verified for the MX name
     handshake_error: str = ""
     leaf_der: bytes | None = None
+    chain_der: list[bytes] = field(default_factory=list)  # the certificates the server sent, leaf first (for DANE-TA)
     transcript: list[str] = field(default_factory=list)
 
 
@@ -63,7 +65,7 @@ async def _reply(reader: asyncio.StreamReader, timeout: float, transcript: list[
 
 
 def _context(cafile: str | None, verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cafile) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = verifying_context(cafile) if verify else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -105,6 +107,7 @@ async def _session(probe: TlsProbe, timeout: float, context: ssl.SSLContext) -> 
         probe.tls_version = tls.version() or ""
         probe.cipher = (tls.cipher() or ("",))[0]
         probe.leaf_der = tls.getpeercert(binary_form=True)
+        probe.chain_der = _presented_chain(tls) or ([probe.leaf_der] if probe.leaf_der else [])
         probe.stage = "done"
         writer.write(b"QUIT\r\n")
     finally:
@@ -141,6 +144,19 @@ async def probe_starttls(host: str, address: str, port: int = 25, *, timeout: fl
     retry.verify_error = probe.verify_error
     retry.transcript = [*probe.transcript, "(certificate did not verify; connected again without verification)", *retry.transcript]
     return retry
+
+
+def _presented_chain(tls: ssl.SSLObject) -> list[bytes]:
+    """The certificates the server sent in its handshake, leaf first, as DER (what DANE-TA matches, RFC 7671 5.2.2).
+
+    Python 3.13 makes ``get_unverified_chain`` public; from 3.10 to 3.12 the same method exists on the C
+    object behind the SSLObject and returns certificate objects rather than bytes. tests/dns/test_dane_ta.py
+    fails if neither gives the chain.
+    """
+    get = getattr(tls, "get_unverified_chain", None) or getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+    if get is None:
+        return []
+    return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in get() or []]  # type: ignore[attr-defined]
 
 
 def _certificate(der: bytes):  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ Answer with ``error`` set, naming the server and the query.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import secrets
@@ -53,6 +54,7 @@ class Answer:
     error: str | None = None  # set when the query could not be completed
     negative_ttl: int | None = None  # from the SOA in the authority section of NXDOMAIN / NODATA
     authority: list[dns.rrset.RRset] = field(default_factory=list)  # kept for DNSSEC answers (NSEC proofs, RRSIGs)
+    _evidence: Evidence | None = field(default=None, init=False, repr=False, compare=False)  # formatted once, shared by the results
 
     @property
     def nxdomain(self) -> bool:
@@ -62,7 +64,7 @@ class Answer:
     @property
     def records(self) -> list[dns.rdata.Rdata]:
         """Records of the asked type (at the end of any CNAME chain)."""
-        want = dns.rdatatype.from_text(self.rdtype)
+        want = _rdtype(self.rdtype)
         return [rd for rrset in self.rrsets if rrset.rdtype == want for rd in rrset]
 
     @property
@@ -75,7 +77,7 @@ class Answer:
     @property
     def ttl(self) -> int | None:
         """TTL of the records asked for, or the negative-caching TTL of a NODATA / NXDOMAIN."""
-        want = dns.rdatatype.from_text(self.rdtype)
+        want = _rdtype(self.rdtype)
         ttls = [rrset.ttl for rrset in self.rrsets if rrset.rdtype == want]
         return min(ttls) if ttls else self.negative_ttl
 
@@ -103,19 +105,21 @@ class Answer:
         )
 
     def evidence(self) -> Evidence:
-        """This answer as report evidence."""
-        answer = [
-            f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
-            for rrset in self.rrsets
-            for rd in rrset
-        ]
-        return Evidence(
+        """This answer as report evidence (one object per answer: results that cite it share it, and nobody changes it)."""
+        if self._evidence is not None:
+            return self._evidence
+        answer = []
+        for rrset in self.rrsets:
+            head = f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} "
+            answer += [head + rd.to_text() for rd in rrset]
+        self._evidence = Evidence(
             query=f"{self.qname} {self.rdtype}",
             server=self.server,
             rcode="ERROR" if self.error else self.rcode,
             answer=answer if not self.error else [self.error],
             ttl=self.ttl,
         )
+        return self._evidence
 
 
 class Source(Protocol):
@@ -177,6 +181,11 @@ def _wire_name(qname: str) -> bytes:
     return bytes(out) + b"\0"
 
 
+def question_wire(qname: str, rdtype: int) -> bytes:
+    """The question section of a query for ``qname``/``rdtype`` (class IN) in wire format."""
+    return _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN)
+
+
 def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, payload: int = 1232, dnssec: bool = False) -> bytes:
     """A query message in wire format with EDNS0 (built directly: dnspython's builder costs as much as the query).
 
@@ -184,10 +193,126 @@ def query_wire(qname: str, rdtype: int, qid: int, *, recursion: bool = True, pay
     3.2.2): a validating resolver then hands over bogus data instead of SERVFAIL, so that the checker can
     say what is wrong with it.
     """
+    return _query(question_wire(qname, rdtype), qid, recursion=recursion, payload=payload, dnssec=dnssec)
+
+
+def _query(question: bytes, qid: int, *, recursion: bool, payload: int = 1232, dnssec: bool = False) -> bytes:
     flags = (0x0100 if recursion else 0) | (0x0010 if dnssec else 0)
-    header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1)
-    opt = b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, payload, 0x8000 if dnssec else 0, 0)
-    return header + _wire_name(qname) + struct.pack("!HH", rdtype, dns.rdataclass.IN) + opt
+    opt = b"\0" + _RR.pack(dns.rdatatype.OPT, payload, 0x8000 if dnssec else 0, 0)
+    return _HEADER.pack(qid, flags, 1, 0, 0, 1) + question + opt
+
+
+@dataclass
+class Reply:
+    """The parts of a response the checks use: flags, rcode, the answer section, the authority section."""
+
+    flags: int
+    rcode: int
+    answer: list[dns.rrset.RRset]
+    authority: list[dns.rrset.RRset]
+    negative_ttl: int | None = None  # from the SOA in the authority section (RFC 2308 5)
+
+
+def _skip_name(wire: bytes, cur: int) -> int:
+    """The offset after the (possibly compressed) name at ``cur``, without building it."""
+    for _ in range(128):  # a name has at most 127 labels
+        length = wire[cur]
+        if length == 0:
+            return cur + 1
+        if length >= 0xC0:
+            return cur + 2
+        if length > 63:
+            raise dns.exception.FormError("bad label type")
+        cur += length + 1
+    raise dns.exception.FormError("name too long")
+
+
+def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -> Reply | None:
+    """Parse an answer to the query whose question section is ``question`` (wire format), or None when it is not one.
+
+    dnspython does the records (:func:`dns.name.from_wire`, :func:`dns.rdata.from_wire`); this walks the
+    message's sections (RFC 1035 4.1) itself, because ``dns.message.from_wire`` costs about half of the
+    checker's CPU on a fast resolver: it builds every record of every section, the OPT record and the
+    additional section included. Here the answer section is parsed; of the authority section only the
+    negative-caching TTL (RFC 2308 5: the smaller of the SOA record's TTL and its MINIMUM, the rdata's last
+    4 bytes) is read, unless ``full_authority`` (DNSSEC: the NSEC/NSEC3 proofs and RRSIGs) parses it all;
+    of the additional section only the OPT record's extended rcode is read. Records of one name, class and
+    type (and covered type) form one RRset, as ``dns.message.from_wire`` groups them. A response that is
+    not a reply (QR clear), whose question differs (names compared case-insensitively, RFC 1035 2.3.3) or
+    that is malformed gives None.
+    """
+    try:
+        _qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+        end = 12 + len(question)
+        if not flags & 0x8000 or qdcount != 1 or wire[12:end - 4].lower() != question[:-4].lower() or wire[end - 4 : end] != question[-4:]:
+            return None
+        names: dict[int, dns.name.Name] = {}  # offset -> the name there: most owner names are a pointer to the question's
+        cur = end
+        sections: list[list[dns.rrset.RRset]] = []
+        negative_ttl = None
+        # The authority section is parsed whole for DNSSEC (the proofs); otherwise only its SOA's TTLs are read.
+        for section, count in enumerate((ancount, nscount)):
+            build = section == 0 or full_authority
+            rrsets: dict[tuple, dns.rrset.RRset] = {}
+            for _ in range(count):
+                if not build:
+                    cur = _skip_name(wire, cur)
+                    rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+                    cur += 10 + rdlen
+                    if rdtype == dns.rdatatype.SOA and rdlen >= 22 and negative_ttl is None:
+                        negative_ttl = min(ttl, int.from_bytes(wire[cur - 4 : cur], "big"))
+                    continue
+                at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
+                name = names.get(at)
+                if name is None:
+                    name, used = dns.name.from_wire(wire, cur)
+                    names[at] = name
+                    cur += used
+                else:
+                    cur = _skip_name(wire, cur)
+                rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+                cur += 10
+                if cur + rdlen > len(wire):
+                    raise dns.exception.FormError("record beyond the end of the message")
+                rd = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
+                cur += rdlen
+                if rdtype == dns.rdatatype.SOA and section == 1 and negative_ttl is None:
+                    negative_ttl = min(ttl, rd.minimum)
+                covers = rd.covers()
+                key = (name, rdclass, rdtype, covers)
+                rrset = rrsets.get(key)
+                if rrset is None:
+                    rrset = rrsets[key] = dns.rrset.RRset(name, rdclass, rdtype, covers)
+                rrset.add(rd, ttl)
+            sections.append(list(rrsets.values()))
+        rcode = flags & 0x000F
+        for _ in range(arcount):
+            cur = _skip_name(wire, cur)
+            rdtype, _rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+            if rdtype == dns.rdatatype.OPT:
+                rcode |= (ttl >> 24) << 4  # the extended rcode (RFC 6891 6.1.3)
+            cur += 10 + rdlen
+        if cur > len(wire):
+            return None
+    except (dns.exception.DNSException, IndexError, struct.error, ValueError):
+        return None  # a malformed or forged packet
+    return Reply(flags, rcode, sections[0], sections[1], negative_ttl)
+
+
+def _reply_of(message: dns.message.Message) -> Reply:
+    """A :class:`Reply` from a message dnspython parsed (the TCP retry)."""
+    soa = next((r for r in message.authority if r.rdtype == dns.rdatatype.SOA), None)
+    negative_ttl = min(soa.ttl, soa[0].minimum) if soa is not None and len(soa) else None
+    return Reply(int(message.flags), message.rcode(), list(message.answer), list(message.authority), negative_ttl)
+
+
+@functools.cache
+def _rdtype(text: str) -> int:
+    return dns.rdatatype.from_text(text)
+
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
 
 
 class _Mux(asyncio.DatagramProtocol):
@@ -199,7 +324,8 @@ class _Mux(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[str, int, asyncio.Future[dns.message.Message]]] = {}
+        # query ID -> (question section in wire format, keep the whole authority section, the waiting future)
+        self.pending: dict[int, tuple[bytes, bool, asyncio.Future[Reply]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -208,16 +334,10 @@ class _Mux(asyncio.DatagramProtocol):
         entry = self.pending.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
         if entry is None:
             return
-        qname, rdtype, future = entry
-        try:
-            response = dns.message.from_wire(data)
-        except Exception:  # a malformed or forged packet: keep waiting for the real answer
-            return
-        if not response.flags & dns.flags.QR or len(response.question) != 1:
-            return
-        question = response.question[0]
-        if question.rdtype == rdtype and question.name.to_text().lower() == qname and not future.done():
-            future.set_result(response)
+        question, full_authority, future = entry
+        reply = parse_reply(data, question, full_authority=full_authority)
+        if reply is not None and not future.done():  # None: malformed, forged or not ours: keep waiting for the real answer
+            future.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable) on the connected socket: every query in flight on it fails now.
@@ -227,6 +347,13 @@ class _Mux(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.error_received(exc or ConnectionError("socket closed"))
+
+
+class _Abandoned(Exception):
+    """The asker of a shared query was cancelled before the answer came: the others ask again."""
+
+
+_MAX_HANDOVERS = 8  # how many cancelled first askers one waiter follows before asking without the cache
 
 
 class NetworkSource:
@@ -262,7 +389,7 @@ class NetworkSource:
         self._next += 1
         return pool[self._next % len(pool)]
 
-    async def _udp(self, qname: str, rdtype: str, host: str, port: int, dnssec: bool = False) -> dns.message.Message:
+    async def _udp(self, qname: str, rdtype: str, host: str, port: int, dnssec: bool = False) -> Reply:
         """Send over a pooled socket; on a truncated answer, ask again over TCP."""
         mux = await self._mux(host, port)
         assert mux.transport is not None
@@ -270,24 +397,26 @@ class NetworkSource:
             qid = secrets.randbelow(65536)
             if qid not in mux.pending:
                 break
-        qtype = dns.rdatatype.from_text(rdtype)
-        future: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
-        mux.pending[qid] = (qname, qtype, future)
+        question = question_wire(qname, _rdtype(rdtype))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        mux.pending[qid] = (question, dnssec, future)
+        # A timer on the future rather than asyncio.wait_for: the same bound, without a wrapper per query.
+        timer = loop.call_later(self.timeout, _expire, future)
         try:
-            mux.transport.sendto(query_wire(qname, qtype, qid, recursion=self.recursion, dnssec=dnssec))
-            response = await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            raise dns.exception.Timeout() from None
+            mux.transport.sendto(_query(question, qid, recursion=self.recursion, dnssec=dnssec))
+            reply = await future
         finally:
+            timer.cancel()
             mux.pending.pop(qid, None)
-        if response.flags & dns.flags.TC:
+        if reply.flags & dns.flags.TC:
             request = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232, want_dnssec=dnssec)
             if dnssec:
                 request.flags |= dns.flags.CD
             if not self.recursion:
                 request.flags &= ~dns.flags.RD
-            response = await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port)
-        return response
+            reply = _reply_of(await dns.asyncquery.tcp(request, host, timeout=self.timeout, port=port))
+        return reply
 
     def close(self) -> None:
         """Close the pooled sockets."""
@@ -310,11 +439,28 @@ class NetworkSource:
         if self._cache is None:
             return await self._ask(qname, rdtype, dnssec)
         key = (qname, rdtype, dnssec)
-        future = self._cache.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._ask(qname, rdtype, dnssec))
-            self._cache[key] = future
-        return await asyncio.shield(future)
+        for _ in range(_MAX_HANDOVERS):
+            future = self._cache.get(key)
+            if future is None:
+                # The first asker asks from its own task (a new task per query would cost a tenth of the CPU) and
+                # hands the answer to those who asked meanwhile. If it is cancelled, they ask again themselves.
+                future = self._cache[key] = asyncio.get_running_loop().create_future()
+                try:
+                    answer = await self._ask(qname, rdtype, dnssec)
+                except BaseException:
+                    del self._cache[key]
+                    future.set_exception(_Abandoned())
+                    future.exception()  # retrieved: no "never retrieved" warning when nobody was waiting
+                    raise
+                future.set_result(answer)
+                return answer
+            if future.done() and not future.exception():
+                return future.result()
+            try:
+                return await asyncio.shield(future)  # a waiter's cancellation must not cancel the shared query
+            except _Abandoned:
+                continue
+        return await self._ask(qname, rdtype, dnssec)
 
     async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
         failures: list[str] = []
@@ -322,33 +468,33 @@ class NetworkSource:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
-                    response = await self._udp(qname, rdtype, host, port, dnssec)
+                    reply = await self._udp(qname, rdtype, host, port, dnssec)
                 except dns.exception.Timeout:
                     failures.append(f"{server}: no answer within {self.timeout:g} s")
                     continue
                 except (OSError, dns.exception.DNSException) as exc:
                     failures.append(f"{server}: {exc.__class__.__name__}: {exc}")
                     continue
-                rcode = dns.rcode.to_text(response.rcode())
-                if rcode not in ("NOERROR", "NXDOMAIN"):
-                    failures.append(f"{server}: {rcode}")
+                if reply.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                    failures.append(f"{server}: {dns.rcode.to_text(reply.rcode)}")
                     continue
-                return _from_response(qname, rdtype, server, response, dnssec)
+                return _from_reply(qname, rdtype, server, reply, dnssec)
         return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
 
 
-def _from_response(qname: str, rdtype: str, server: str, response: dns.message.Message, dnssec: bool = False) -> Answer:
-    """An Answer from a response: the answer section, and the negative TTL from the SOA in authority."""
-    negative_ttl = None
-    for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA:
-            negative_ttl = min(rrset.ttl, rrset[0].minimum)
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(dns.exception.Timeout())
+
+
+def _from_reply(qname: str, rdtype: str, server: str, reply: Reply, dnssec: bool = False) -> Answer:
+    """An Answer from a reply: the answer section, and the negative TTL from the SOA in authority."""
     return Answer(
         qname,
         rdtype,
         server,
-        rcode=dns.rcode.to_text(response.rcode()),
-        rrsets=list(response.answer),
-        negative_ttl=negative_ttl,
-        authority=list(response.authority) if dnssec else [],
+        rcode="NXDOMAIN" if reply.rcode == dns.rcode.NXDOMAIN else "NOERROR",
+        rrsets=reply.answer,
+        negative_ttl=reply.negative_ttl,
+        authority=reply.authority if dnssec else [],
     )

@@ -1,7 +1,8 @@
 """The POP3 server's socket side: asyncio listeners, one :class:`Connection` per client.
 
 The dialogue itself is :class:`mailprov.pop3.protocol.Session`; this module only moves bytes and
-carries out the session's actions:
+carries out the session's actions. What it shares with IMAP (listeners, limits, the login check, the
+idle timer, the TLS upgrade) is :mod:`mailprov.listeners`.
 
 * Listeners: ``pop3.listen`` (plain, STLS offered, RFC 2595) and ``pop3.tls_listen`` (implicit TLS,
   port 995). STLS upgrades in place with ``loop.start_tls``; whatever the client pipelined after STLS
@@ -11,7 +12,7 @@ carries out the session's actions:
   flow control: while the transport's buffer is full (``pause_writing``) no further command is read and
   a large message is streamed piece by piece as the buffer drains.
 * Password checks (argon2id, CPU-heavy), opening the mailbox and the UPDATE state run in worker threads;
-  at most :data:`VERIFY_SLOTS` password checks run at once.
+  at most :data:`~mailprov.listeners.VERIFY_SLOTS` password checks run at once.
 * Limits: line length (:data:`MAX_LINE`), ``pop3.idle_timeout`` (no UPDATE when it fires, RFC 1939),
   ``pop3.max_connections`` and ``pop3.max_connections_per_client``, failed logins slowed and counted per
   client address (:class:`~mailprov.limits.FailureThrottle`).
@@ -24,30 +25,24 @@ Passwords are never logged.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures.thread  # noqa: F401  # imported before the privilege drop: to_thread needs it later
-import contextlib
-import ipaddress
 import logging
-import ssl
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 from mailprov.config import Config
 from mailprov.errors import MailprovError
-from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
-from mailprov.listeners import HANDSHAKE_TIMEOUT, bind
+from mailprov.listeners import LoginCheck, MailConnection, MailServer
 from mailprov.maildir import maildir_path
 from mailprov.pop3.mailbox import Mailbox, MailboxBusy, MailboxError, Message
 from mailprov.pop3.protocol import Action, Close, Login, LoginOutcome, Reply, Retrieve, Session, StartTLS, Update
-from mailprov.tls import server_context
-from mailprov.users import UserDB, split
+from mailprov.users import split
 
 log = logging.getLogger("mailprov.pop3")
 
 MAX_LINE = 2048  # octets per command line, CRLF included (RFC 2449 asks clients for at most 255)
 MAX_BUFFER = 64 * 1024  # pipelined input held before the server stops reading
-VERIFY_SLOTS = 4  # concurrent argon2id checks (each takes 64 MiB and a core for a fraction of a second)
+FAILED = {LoginCheck.BAD: LoginOutcome.BAD, LoginCheck.BAD_DISCONNECT: LoginOutcome.BAD_DISCONNECT, LoginCheck.ERROR: LoginOutcome.ERROR}
 
 
 def mailbox_for(config: Config, address: str) -> Mailbox:
@@ -57,124 +52,29 @@ def mailbox_for(config: Config, address: str) -> Mailbox:
     return Mailbox(maildir, Path(config.paths.state_dir) / "pop3" / domain / local)
 
 
-class POP3Server:
-    """All listeners of one POP3 service and the state shared by its connections."""
-
-    def __init__(self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.config = config
-        self.users = users or UserDB(config.paths.users_file)
-        self.ssl_context = ssl_context
-        self.throttle = FailureThrottle(config.pop3.auth_failure_delay, config.pop3.max_auth_failures)
-        self.counter = ConnectionLimiter(config.pop3.max_connections, config.pop3.max_connections_per_client)
-        self.trusted = [ipaddress.ip_network(n) for n in config.pop3.plaintext_networks]
-        self.default_domain = config.server.domains[0] if len(config.server.domains) == 1 else None
-        self.connections: set[Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # logins and TLS handshakes: cancelled on stop
-        self.update_tasks: set[asyncio.Task[None]] = set()  # UPDATE states in progress: finished on stop
-        self._servers: list[asyncio.base_events.Server] = []
-        self._verify_slots: asyncio.Semaphore | None = None
-
-    @property
-    def sockets(self) -> list[tuple[str, int]]:
-        """The bound (address, port) pairs, plain listeners first."""
-        return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
-
-    async def start(self, *, serving: bool = True) -> None:
-        """Bind every configured address; raises OSError if one cannot be bound. With ``serving=False``
-        nothing is accepted until :meth:`start_serving` (``mailprov serve`` calls it after the privilege
-        drop, so no client is ever served by a root process)."""
-        self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
-        if self.ssl_context is None:
-            self.ssl_context = server_context(self.config)
-        section = self.config.pop3
-        try:
-            self._servers = await bind(
-                "pop3",
-                {"listen": section.listen, "tls_listen": section.tls_listen},
-                lambda implicit: Connection(self, implicit_tls=implicit),
-                self.ssl_context,
-                serving=serving,
-                log=log,
-                upgrade="STLS",
-            )
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def start_serving(self) -> None:
-        """Begin accepting on every bound listener (a no-op for those already serving)."""
-        for server in self._servers:
-            await server.start_serving()
-
-    async def stop(self) -> None:
-        """Stop listening, drop every session (no UPDATE for them), finish sessions already in UPDATE."""
-        for server in self._servers:
-            server.close()
-        for conn in list(self.connections):
-            conn.abort()
-        for task in list(self.tasks):
-            task.cancel()
-        pending = list(self.tasks | self.update_tasks)
-        if pending:
-            await asyncio.wait(pending, timeout=30)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        self._servers.clear()
-
-    def plaintext_ok(self, client: str) -> bool:
-        """Whether ``client`` is in ``pop3.plaintext_networks``."""
-        return client_in(client, self.trusted)
-
-    async def verify(self, user: str, password: str) -> bool:
-        """Check a password in a worker thread, a bounded number at a time."""
-        assert self._verify_slots is not None
-        async with self._verify_slots:
-            return await asyncio.to_thread(self.users.verify, user, password)
-
-
-class Connection(asyncio.Protocol):
+class Connection(MailConnection):
     """One client: buffers lines, feeds the session, carries out its actions."""
 
+    server: POP3Server
+    refusal = "-ERR [SYS/TEMP] {}\r\n"
+    idle_goodbye = b"-ERR Idle timeout, closing the connection\r\n"
+    idle_note = " (no UPDATE)"  # RFC 1939 6: a session that ends without QUIT does not enter UPDATE
+
     def __init__(self, server: POP3Server, *, implicit_tls: bool) -> None:
-        self.server = server
-        self.implicit_tls = implicit_tls
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.client = "unknown"
+        super().__init__(server, implicit_tls=implicit_tls)
         self.session: Session | None = None
         self.mailbox: Mailbox | None = None
         self._buffer = bytearray()
         self._discarding = False  # inside an over-long line: drop until its end
-        self._busy = False  # an action is running in a task: read no further command
-        self._write_paused = False
         self._read_paused = False  # paused by us because too much pipelined input waits
-        self._closed = False  # closing: nothing more is read or said (the transport may still be flushing)
-        self._lost = False  # connection_lost has run
         self._eof = False  # the client half-closed its side
-        self._counted = False
         self._updating = False
         self._body: Iterator[bytes] | None = None  # the rest of a large message being streamed
-        self._last = self.loop.time()
-        self._idle: asyncio.TimerHandle | None = None
         self.retrieved = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.client = str(peer[0]) if peer else "unknown"
-        refusal = self.server.counter.acquire(self.client)
-        if refusal:
-            log.warning("refused %s: %s", self.client, refusal)
-            transport.write(f"-ERR [SYS/TEMP] {refusal}\r\n".encode())
-            transport.close()
-            self._closed = True
-            return
-        self._counted = True
-        self.server.connections.add(self)
+    def _greet(self) -> None:
         self.session = Session(
             hostname=self.server.config.server.hostname,
             secure=self.implicit_tls,
@@ -182,7 +82,6 @@ class Connection(asyncio.Protocol):
             plaintext_ok=self.server.plaintext_ok(self.client),
             default_domain=self.server.default_domain,
         )
-        self._idle = self.loop.call_later(self.server.config.pop3.idle_timeout, self._check_idle)
         self._run(self.session.greeting())
 
     def data_received(self, data: bytes) -> None:
@@ -205,43 +104,21 @@ class Connection(asyncio.Protocol):
         return None if self._closed else True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._lost = True
-        if self._idle:
-            self._idle.cancel()
-        if self._counted:
-            self._counted = False
-            self.server.counter.release(self.client)
-            self.server.connections.discard(self)
+        super().connection_lost(exc)
         self._close_body()
         if self.mailbox and not self._updating:
             self.mailbox.close()  # a dropped session: release the lock, change nothing
             log.info("session of %s from %s dropped: nothing deleted", self.session.user if self.session else "?", self.client)
             self.mailbox = None
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
     def resume_writing(self) -> None:
-        self._write_paused = False
+        super().resume_writing()
         self._process()
 
     # -- processing ---------------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """Drop the connection at once, unsent output included (server shutdown, a stuck client)."""
-        if self.transport and not self._lost:
-            self.transport.abort()
-
-    def _process(self) -> None:
+    def _process_input(self) -> None:
         """Handle buffered lines until one needs to wait (a task, a full output buffer, the end)."""
-        try:
-            self._process_lines()
-        except Exception:
-            log.exception("internal error in a session from %s; closing it", self.client)
-            self.abort()
-
-    def _process_lines(self) -> None:
         assert self.session is not None and self.transport is not None
         while not (self._busy or self._write_paused or self._closed):
             if self._body is not None:
@@ -291,21 +168,13 @@ class Connection(asyncio.Protocol):
                 # Set now, not when the task starts: a client that sends QUIT and closes at once still
                 # gets its UPDATE (connection_lost must not release the mailbox first).
                 self._updating = True
-                self._spawn(self._update(), update=True)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], *, update: bool = False) -> None:
-        self._busy = True
-        task = self.loop.create_task(self._guard(coro))
-        tasks = self.server.update_tasks if update else self.server.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+                self._spawn(self._update(), finish=True)
 
     async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             await coro
         except Exception:
-            log.exception("internal error in a session from %s; closing it", self.client)
-            self.abort()
+            self._internal_error()
             return
         if not self._closed:
             self._busy = False
@@ -355,25 +224,12 @@ class Connection(asyncio.Protocol):
 
     async def _login(self, action: Login) -> None:
         assert self.session is not None
-        user, outcome, messages = action.user, LoginOutcome.BAD, []
-        ok = False
-        if action.password is not None and action.password and len(user) <= 255:
-            try:
-                ok = await self.server.verify(user, action.password)
-            except MailprovError as exc:  # a damaged users file
-                log.error("cannot check passwords: %s", exc)
-                outcome = LoginOutcome.ERROR
-        if ok:
-            self.server.throttle.success(self.client)
+        user, messages = action.user, []
+        check = await self.server.check_login(self.client, user, action.password)
+        if check is LoginCheck.OK:
             outcome, messages = await self._open_mailbox(user)
-        elif outcome is not LoginOutcome.ERROR:
-            delay = self.server.throttle.fail(self.client)
-            disconnect = self.server.throttle.blocked(self.client)
-            log.warning(
-                "failed login for %r from %s (%d recent failures)", user[:100], self.client, self.server.throttle.failures(self.client)
-            )
-            await asyncio.sleep(delay)
-            outcome = LoginOutcome.BAD_DISCONNECT if disconnect else LoginOutcome.BAD
+        else:
+            outcome = FAILED[check]
         if self._closed:
             return
         if outcome is LoginOutcome.OK:
@@ -405,22 +261,10 @@ class Connection(asyncio.Protocol):
         return LoginOutcome.OK, messages
 
     async def _start_tls(self) -> None:
-        assert self.transport is not None and self.session is not None and self.server.ssl_context is not None
-        try:
-            transport = await self.loop.start_tls(
-                self.transport, self, self.server.ssl_context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-            )
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            log.info("STLS handshake with %s failed: %s", self.client, exc)
-            self.abort()
-            self._closed = True
-            return
-        if transport is None:  # the connection went away during the handshake
-            self._closed = True
-            return
-        self.transport = transport
-        self._buffer.clear()
-        self._run(self.session.tls_started())
+        assert self.session is not None
+        if await self._upgrade():
+            self._buffer.clear()
+            self._run(self.session.tls_started())
 
     async def _update(self) -> None:
         assert self.session is not None and self.mailbox is not None
@@ -444,37 +288,15 @@ class Connection(asyncio.Protocol):
         if not self._closed:
             self._run(self.session.update_result(result.deleted, not result.failed))
 
-    # -- timers -------------------------------------------------------------------------------
 
-    def _check_idle(self) -> None:
-        if self._lost or self.transport is None:
-            return
-        timeout = self.server.config.pop3.idle_timeout
-        if self._closed:  # closing, but the client does not read what is left to flush
-            if self.loop.time() - self._last >= timeout:
-                self.abort()
-            else:
-                self._idle = self.loop.call_later(timeout, self._check_idle)
-            return
-        if self._busy:  # the server is working for the client (a login, an UPDATE): not idle
-            self._last = self.loop.time()
-        idle = self.loop.time() - self._last
-        if idle < timeout:
-            self._idle = self.loop.call_later(timeout - idle, self._check_idle)
-            return
-        log.info("closing idle session from %s after %d s (no UPDATE)", self.client, int(idle))
-        if self._write_paused:  # the client stopped reading: nothing more can be said
-            self.abort()
-        else:
-            self.transport.write(b"-ERR Idle timeout, closing the connection\r\n")
-            self.transport.close()
-            self._idle = self.loop.call_later(timeout, self._check_idle)  # in case it never drains
-        self._closed = True
+class POP3Server(MailServer):
+    """All listeners of one POP3 service and the state shared by its connections; on stop, sessions
+    already in UPDATE finish (``finishing``), the others are dropped with no UPDATE."""
 
-    def _tls_name(self) -> str:
-        assert self.transport is not None
-        obj = self.transport.get_extra_info("ssl_object")
-        return obj.version() if obj is not None else "plaintext"
+    name = "pop3"
+    upgrade = "STLS"
+    log = log
+    connection_class = Connection
 
 
 def _is_stream(pieces: Iterator[bytes]) -> bool:

@@ -1,8 +1,9 @@
 """Operator actions on the queue (``mailprov queue ...``), like Postfix's mailq, postqueue and postsuper.
 
 They work on the directories only, so they are safe while the server runs: every action is a rename or
-an unlink, and the running queue runner notices within ``queue.scan_interval`` seconds (it rescans
-``incoming/`` and ``deferred/``). An item being delivered at that moment finishes its attempt; its new
+an unlink. ``flush`` and ``release`` then pull the trigger FIFO (:mod:`mailprov.queue.trigger`), so a
+running server rescans ``incoming/`` at once; otherwise it notices within ``queue.scan_interval`` seconds.
+An item being delivered at that moment finishes its attempt; its new
 state is then written wherever the operator put it (``hold/``), or dropped if it was deleted.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailprov.errors import UsageError
+from mailprov.queue import trigger
 from mailprov.queue.store import STATES, CorruptQueueFile, QueueItem, QueueStore, is_queue_id
 
 # mailq's markers: '*' being delivered, '!' on hold.
@@ -62,31 +64,30 @@ def _targets(store: QueueStore, ids: list[str], states: tuple[str, ...]) -> list
 
 def flush(store: QueueStore, ids: list[str]) -> int:
     """Make deferred items due now (move them to ``incoming/``). Returns how many moved."""
-    moved = 0
-    for state, qid in _targets(store, ids or ["ALL"], ("deferred",)):
-        with contextlib.suppress(FileNotFoundError):
-            store.move(qid, state, "incoming")
-            moved += 1
-    return moved
+    return _move(store, ids or ["ALL"], ("deferred",), "incoming")
 
 
 def hold(store: QueueStore, ids: list[str]) -> int:
     """Park items in ``hold/``: they are not delivered until released."""
-    moved = 0
-    for state, qid in _targets(store, ids, ("incoming", "active", "deferred")):
-        with contextlib.suppress(FileNotFoundError):
-            store.move(qid, state, "hold")
-            moved += 1
-    return moved
+    return _move(store, ids, ("incoming", "active", "deferred"), "hold")
 
 
 def release(store: QueueStore, ids: list[str]) -> int:
-    """Release held items (to ``incoming/``: delivered at the next scan)."""
+    """Release held items (to ``incoming/``; a running server is woken to deliver them now)."""
+    return _move(store, ids, ("hold",), "incoming")
+
+
+def _move(store: QueueStore, ids: list[str], states: tuple[str, ...], target: str) -> int:
+    """Move the items ``ids`` names, found in ``states``, to ``target``; returns how many moved (an item
+    that went away meanwhile, delivered or moved by the runner, is not counted). Items moved to
+    ``incoming/`` wake a running runner, so they are delivered now rather than at its next scan."""
     moved = 0
-    for state, qid in _targets(store, ids, ("hold",)):
+    for state, qid in _targets(store, ids, states):
         with contextlib.suppress(FileNotFoundError):
-            store.move(qid, state, "incoming")
+            store.move(qid, state, target)
             moved += 1
+    if moved and target == "incoming":
+        trigger.pull(store.root)
     return moved
 
 

@@ -23,7 +23,8 @@ How an attempt goes (docs/flow.md has the whole path):
 
 Parameters (config ``[queue]``): workers, per_destination, retry_min, retry_max, max_lifetime,
 delay_warning, scan_interval. ``incoming/`` and ``deferred/`` are re-scanned every ``scan_interval``
-seconds, which is how ``mailprov queue flush`` and ``release`` reach a running server.
+seconds, and at once when ``mailprov queue flush`` or ``release`` pulls the trigger FIFO
+(:mod:`mailprov.queue.trigger`); the periodic scan is what guarantees it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from mailprov import maillog
 from mailprov.config import Config
 from mailprov.delivery.base import Courier, Envelope, Result, group_by_domain
+from mailprov.queue import trigger
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.dsn import build_dsn
 from mailprov.queue.intake import Intake, record, targets_for
@@ -95,6 +98,8 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._scan_requested = False
+        self._trigger_fd: int | None = None
         self.idle = asyncio.Event()  # set whenever nothing is busy (tests and benchmarks wait on it)
         self.idle.set()
         # New messages (the SMTP server's, and our DSNs) enter through the intake, which hands them back.
@@ -107,6 +112,12 @@ class QueueRunner:
         await self.io.run(self.store.clean_temporaries, 0.0)
         await self._scan(startup=True)
         loop = asyncio.get_running_loop()
+        try:
+            self._trigger_fd = trigger.open_listener(self.store.root)
+            loop.add_reader(self._trigger_fd, self._triggered)
+        except OSError as exc:  # not fatal: flush and release then wait for the periodic scan
+            fifo = trigger.path(self.store.root)
+            log.warning("queue trigger %s unavailable (%s): 'queue flush' takes effect at the next scan", fifo, exc)
         self._tasks = [loop.create_task(self._worker(), name=f"queue-worker-{i}") for i in range(self.config.queue.workers)]
         self._tasks.append(loop.create_task(self._scheduler(), name="queue-scheduler"))
 
@@ -114,6 +125,10 @@ class QueueRunner:
         """Finish in-flight attempts (up to ``grace`` seconds), then stop. Unstarted work stays on disk."""
         self._stopping = True
         self._wake.set()
+        if self._trigger_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._trigger_fd)
+            os.close(self._trigger_fd)
+            self._trigger_fd = None
         for _ in range(self.config.queue.workers):
             self._ready.put_nowait(None)
         if self._tasks:
@@ -148,6 +163,13 @@ class QueueRunner:
             self._due[queue_id] = now
             heapq.heappush(self._timers, (now, queue_id))
         self._wake.set()
+
+    def _triggered(self) -> None:
+        """The trigger FIFO is readable: an operator moved items into ``incoming/``; rescan now."""
+        assert self._trigger_fd is not None
+        if trigger.drain(self._trigger_fd):
+            self._scan_requested = True
+            self._wake.set()
 
     @property
     def busy(self) -> int:
@@ -198,7 +220,8 @@ class QueueRunner:
                 when, queue_id = heapq.heappop(self._timers)
                 if self._due.get(queue_id) == when and queue_id not in self._busy:
                     self._push(_Job(queue_id, "deferred"))
-            if now >= next_scan:
+            if now >= next_scan or self._scan_requested:
+                self._scan_requested = False
                 try:
                     await self._scan()
                 except OSError as exc:
@@ -231,21 +254,10 @@ class QueueRunner:
 
     # -- one attempt --------------------------------------------------------------------------------
     async def _attempt(self, job: _Job) -> None:
-        qid = job.queue_id
-        if job.state != "active":
-            try:
-                await self.io.run(self.store.move, qid, job.state, "active")
-            except FileNotFoundError:
-                return  # the operator held or deleted it meanwhile
-        item, message = job.item, job.message
-        if item is None or message is None:
-            try:
-                item, message = await self.io.run(self.store.read, "active", qid)
-            except FileNotFoundError:
-                return
-            except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
-                await self.io.run(self.store.quarantine, "active", qid, str(exc))
-                return
+        claimed = await self.io.grouped(self._claim, job)
+        if claimed is None:
+            return
+        item, message = claimed
         pending = item.pending
         if not pending:
             await self._finish(item, message)
@@ -258,7 +270,10 @@ class QueueRunner:
             groups.append((self.local, local))
         by_domain = group_by_domain((r for r in pending if not r.local), lambda r: r.address)
         groups += [(self.remote, rs) for rs in by_domain.values()]
-        outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
+        if len(groups) == 1:  # the usual case: no tasks to spawn and gather
+            outcomes = [await self._call(groups[0][0], item, groups[0][1], message)]
+        else:
+            outcomes = await asyncio.gather(*(self._call(courier, item, rs, message) for courier, rs in groups))
 
         now = self.clock()
         expired_after = self.config.queue.max_lifetime if now - item.arrival >= self.config.queue.max_lifetime else 0.0
@@ -314,7 +329,7 @@ class QueueRunner:
     async def _finish(self, item: QueueItem, message: bytes) -> None:
         """Remove a finished item, or write its new state and defer it."""
         if not item.pending:
-            await self.io.run(self._remove_anywhere, item.id)
+            await self.io.grouped(self._remove_anywhere, item.id)
             maillog.emit(f"{item.id}: removed")
             return
         item.next_attempt = self.clock() + retry_delay(item.attempts, self.config.queue.retry_min, self.config.queue.retry_max, self.rng())
@@ -330,9 +345,30 @@ class QueueRunner:
         elif state is None:
             maillog.emit(f"{item.id}: deleted by the operator during delivery; its new state was discarded")
 
+    def _claim(self, job: _Job) -> tuple[QueueItem, bytes] | None:
+        """Blocking (grouped with other attempts' in one trip to the I/O pool): move the item to ``active/`` and read it, unless
+        the job carries it. None if it is gone (the operator held or deleted it meanwhile) or unreadable
+        (then quarantined)."""
+        qid = job.queue_id
+        if job.state != "active":
+            try:
+                self.store.move(qid, job.state, "active")
+            except FileNotFoundError:
+                return None
+        if job.item is not None and job.message is not None:
+            return job.item, job.message
+        try:
+            return self.store.read("active", qid)
+        except FileNotFoundError:
+            return None
+        except (CorruptQueueFile, OSError, UnicodeDecodeError) as exc:
+            self.store.quarantine("active", qid, str(exc))
+            return None
+
     def _remove_anywhere(self, queue_id: str) -> None:
-        for state in ("active", "hold"):
-            self.store.remove(state, queue_id)
+        # Usually in active/; in hold/ only if the operator held it during the attempt.
+        if not self.store.remove("active", queue_id):
+            self.store.remove("hold", queue_id)
 
     def _persist(self, item: QueueItem, message: bytes) -> str | None:
         """Blocking: rewrite the item where it is (active, or hold if the operator held it meanwhile), then

@@ -189,10 +189,13 @@ class QueueStore:
         """Change an item's state (one rename). Raises FileNotFoundError if it is not in ``src``."""
         os.rename(self.path(src, queue_id), self.path(dst, queue_id))
 
-    def remove(self, state: str, queue_id: str) -> None:
-        """Delete an item (delivered, or deleted by the operator)."""
-        with contextlib.suppress(FileNotFoundError):
+    def remove(self, state: str, queue_id: str) -> bool:
+        """Delete an item (delivered, or deleted by the operator); False if it was not in ``state``."""
+        try:
             os.unlink(self.path(state, queue_id))
+        except FileNotFoundError:
+            return False
+        return True
 
     def quarantine(self, state: str, name: str, reason: str) -> None:
         """Move an unreadable file to ``corrupt/`` (never delete it) and say so in the log."""

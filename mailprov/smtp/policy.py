@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mailprov.limits import client_in
 from mailprov.smtp.address import Address
 from mailprov.users import Resolution
 
@@ -53,14 +54,9 @@ def _parsed(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddres
 
 
 def in_networks(ip: str, networks: Iterable[str]) -> bool:
-    """Whether ``ip`` is inside one of ``networks`` (unparseable addresses are not)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in _parsed(tuple(networks)))
+    """Whether ``ip`` is inside one of ``networks`` (unparseable addresses are not), as
+    :func:`mailprov.limits.client_in` decides it."""
+    return client_in(ip, _parsed(tuple(networks)))
 
 
 def may_relay(*, authenticated: bool, client_ip: str, trusted_networks: Iterable[str]) -> bool:

@@ -9,6 +9,7 @@ Maildirs) is owned by it. Outside ``mailprov serve`` (tests, benchmarks, non-roo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import pwd
@@ -25,7 +26,7 @@ from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner
 from mailprov.queue.store import STATES, QueueStore
 from mailprov.smtp.context import SMTPContext, open_directory
-from mailprov.smtp.server import bind_listeners, create_servers, end_sessions
+from mailprov.smtp.server import bind_listeners, create_servers, end_sessions, make_factory
 from mailprov.smtp.workers import WorkerPool, tls_memfd
 from mailprov.tls import certificate_paths, server_context
 
@@ -63,6 +64,7 @@ class SMTPService:
         self.ready = asyncio.Event()
         self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
         self._go_task: asyncio.Task[None] | None = None
+        self._fallback_tasks: set[asyncio.Task[object]] = set()
 
     def context(self, tls_context: ssl.SSLContext | None) -> SMTPContext:
         """What the SMTP sessions of this process share (worker processes build their own)."""
@@ -92,6 +94,7 @@ class SMTPService:
                 notify=self.runner.notify,
                 connections=self.connections,
                 auth_failures=self.auth_failures,
+                fallback=functools.partial(self._serve_here, self.context(tls_context)),
             )
             await self.pool.spawn()
         else:
@@ -100,6 +103,21 @@ class SMTPService:
             self._go_task = asyncio.get_running_loop().create_task(self._go_after_drop())
         else:
             await self._go()
+
+    def _serve_here(self, ctx: SMTPContext, mode: str, conn: socket.socket) -> None:
+        """Run one SMTP session in this process (no worker is alive and none could be restarted)."""
+        ssl_context = ctx.tls_context if mode == "submissions" else None
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(
+            asyncio.get_running_loop().connect_accepted_socket(make_factory(ctx, mode), conn, ssl=ssl_context)
+        )
+        self._fallback_tasks.add(task)
+        task.add_done_callback(self._fallback_done)
+
+    def _fallback_done(self, task: asyncio.Task[object]) -> None:
+        self._fallback_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. a TLS handshake that failed
+            log.info("SMTP connection not served: %s", task.exception())
 
     def _chown_queue(self) -> None:
         try:
@@ -142,7 +160,7 @@ class SMTPService:
             await self.pool.stop()
         for server in self.servers:
             server.close()
-        if self.servers:
+        if self.servers or self.pool is not None:  # the master may have served sessions itself
             await end_sessions(5.0)
         for _, sock in self._listeners:
             sock.close()

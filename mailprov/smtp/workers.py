@@ -26,8 +26,10 @@ Channel messages (SOCK_SEQPACKET, one message each, at most MESSAGE_MAX bytes):
     worker -> master   ``Q <queue id>``; ``C <client>``; ``B <n> <client>``; ``F <n> <client>``
 
 A worker whose channel reaches end-of-file (the master is gone, even by SIGKILL) stops; the master
-restarts a worker that dies (which needs the Python interpreter to be executable by ``server.user``,
-as it is when mailprov is installed system-wide).
+restarts a worker that dies. A restart runs the Python interpreter as ``server.user``, which works when
+mailprov is installed where that user can read it (the roles' /opt/mailprov/venv). Where it cannot (a
+checkout in /root), the failed restart is logged and, once no worker is left, the master serves the
+sessions itself, like a single-process server: mail is still accepted, on one core.
 """
 
 from __future__ import annotations
@@ -112,8 +114,11 @@ class WorkerPool:
         notify: Callable[[str], None],
         connections: ConnectionLimiter,
         auth_failures: FailureThrottle,
+        fallback: Callable[[str, socket.socket], None] | None = None,
     ) -> None:
         self.config = config
+        # Serves one accepted connection in this process (mode, socket) when no worker is alive.
+        self.fallback = fallback
         self.notify = notify  # the queue runner's: an item is durable in incoming/
         self.connections = connections
         self.auth_failures = auth_failures
@@ -230,8 +235,18 @@ class WorkerPool:
         log.error("SMTP worker %d (pid %d) exited with code %s; restarting it", worker.index, worker.proc.pid, code)
         self.workers[worker.index] = None
         await asyncio.sleep(1.0)
-        if not self._stopping:
+        if self._stopping:
+            return
+        try:
             await self._spawn(worker.index)
+        except OSError as exc:  # e.g. the interpreter is out of server.user's reach after the drop
+            alone = not any(w is not None for w in self.workers)
+            log.error(
+                "cannot restart SMTP worker %d: %s%s",
+                worker.index,
+                exc,
+                "; this process serves the SMTP sessions itself from now on" if alone and self.fallback else "",
+            )
 
     async def _accept(self, mode: str, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -246,6 +261,14 @@ class WorkerPool:
             client = str(addr[0]) if addr else ""
             refusal = limiter.acquire(client)
             live = [w for w in self.workers if w is not None]
+            if not refusal and not live and self.fallback is not None:
+                limiter.release(client)  # the session counts itself, as in a single-process server
+                try:
+                    self.fallback(mode, conn)
+                except Exception:
+                    log.exception("cannot serve a connection from [%s] in the master", client)
+                    conn.close()
+                continue
             if refusal or not live:
                 reason = refusal or "Service temporarily unavailable"
                 log.warning("refused connection from [%s]: %s", client, reason)

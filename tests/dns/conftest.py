@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import require_programs
 from tests.dns import dnssec_lab as lab
 from tests.dns import zones as tz
-from tests.outbound.pki import TestCA
+from tests.outbound.pki import ServerCert, TestCA
 from tests.peers.knot import KnotServer
+from tests.peers.mailprov_server import MailprovTree, run_mailprov
 from tests.peers.unbound import UnboundServer
 
 KNOT_ADDRESS = "127.0.2.1"
@@ -71,17 +72,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 @pytest.fixture(scope="session")
 def good_cert(pki: TestCA, tmp_path_factory: pytest.TempPathFactory):
     """The certificate our MTA serves as mail.good.diag.test (90 days); the lab publishes its TLSA record."""
-    return lab.issue_certificate(pki, "mail.good.diag.test", days=90, directory=tmp_path_factory.mktemp("good-cert"))
+    return pki.issue("mail.good.diag.test", days=90, directory=tmp_path_factory.mktemp("good-cert"))
 
 
 @pytest.fixture(scope="session")
-def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, good_cert) -> Iterator[dict]:
+def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, pki: TestCA, good_cert) -> Iterator[dict]:
     """Knot signing the lab zones and Unbound validating from the lab's trust anchor; yields where they are."""
     require_programs("knotd", "keymgr", "unbound")
+    from cryptography.hazmat.primitives import serialization
+
     from mailprov.dns.dane import tlsa_for_certificate
 
     tlsa = f"_25._tcp.mail TLSA {tlsa_for_certificate(good_cert.cert.read_bytes())}"
-    knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa)
+    # DANE-TA (RFC 7671 5.2): the test CA's public key, and a second record for the next CA (a rollover, RFC 7671 8.1).
+    ca_record = tlsa_for_certificate(pki.cert.public_bytes(serialization.Encoding.PEM), usage=2)
+    tlsa_ta = f"_25._tcp.mail TLSA {ca_record}\n_25._tcp.mail TLSA 2 1 1 {'5a' * 32}"
+    knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa, tlsa_ta)
     try:
         stubs = {zone: f"{knot.address}@{knot.port}" for zone in knot.zones}
         with UnboundServer(tmp_path_factory.mktemp("validating-unbound"), lab.UNBOUND_ADDRESS, 0, stubs, trust_anchors=anchor) as unbound:
@@ -90,3 +96,21 @@ def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, good_cert) -> Iterator[
             yield {"resolver": f"{unbound.address}:{unbound.port}", "unbound": unbound, "knot": knot, "anchor": anchor_file}
     finally:
         knot.stop()
+
+
+@pytest.fixture
+def our_mta() -> Iterator:
+    """Factory: our MTA as the MX at ``ip`` with the given certificate; stopped afterwards."""
+    started = []
+
+    def start(ip: str, hostname: str, cert: ServerCert) -> int:
+        tree = MailprovTree.create(
+            hostname=hostname, domains=[hostname.split(".", 1)[1]], ip=ip, tls={"cert": str(cert.cert), "key": str(cert.key)}
+        )
+        started.append((tree, run_mailprov(tree.config_path)))
+        return tree.ports["smtp"]
+
+    yield start
+    for tree, process in started:
+        process.stop()
+        tree.cleanup()

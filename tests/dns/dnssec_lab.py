@@ -6,7 +6,11 @@
 - ``unsigned.diag.test``: not signed, no DS (insecure), with a TLSA record (meaningless without DNSSEC);
 - ``badds.diag.test``: signed by Knot, but the parent's DS is that of another key (a DS matching no DNSKEY);
 - ``expired.diag.test``: signed (by dnspython) with signatures that expired 3 days ago, served as is by Knot;
-- ``n3.diag.test``: signed by Knot with NSEC3 (RFC 5155), delegating ``insecure.n3.diag.test`` without DS.
+- ``n3.diag.test``: signed by Knot with NSEC3 (RFC 5155), delegating ``insecure.n3.diag.test`` without DS;
+- ``ta.diag.test``: signed by Knot; its MX host (127.0.21.10) has a DANE-TA record (``2 1 1``) naming the
+  test CA, which the MX's served chain must include (RFC 7671 5.2.2);
+- ``six.diag.test``: signed (by dnspython), two MX hosts with A and AAAA records; the AAAA RRset of
+  ``mail.six.diag.test`` was changed after signing (its RRSIG no longer matches: bogus), its A is sound.
 
 Knot signs with a manual policy and a combined signing key (CSK) generated with ``keymgr`` before it
 starts, so that the parent's DS records can be written into its zone first. Unbound validates from the
@@ -17,7 +21,6 @@ for the ``dnsbl`` tests.
 
 from __future__ import annotations
 
-import datetime
 import re
 import shutil
 import subprocess
@@ -28,42 +31,16 @@ import dns.dnssec
 import dns.name
 import dns.rdatatype
 import dns.zone
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from tests.outbound.pki import ServerCert, TestCA
 from tests.peers.knot import KnotServer
 
 KNOT_ADDRESS = "127.0.14.1"
 UNBOUND_ADDRESS = "127.0.14.2"
 GOOD_MX_ADDRESS = "127.0.14.10"  # mail.good.diag.test (mx.tls tests serve SMTP here)
+TA_MX_ADDRESS = "127.0.21.10"  # mail.ta.diag.test (the DANE-TA test serves SMTP here)
 STS_ADDRESS = "127.0.14.20"  # mta-sts.good.diag.test (the MTA-STS tests serve the policy here)
 SOA = "@ SOA ns.diag.test. hostmaster.diag.test. 1 3600 600 86400 300\n@ NS ns.diag.test.\n"
-
-
-def issue_certificate(pki: TestCA, name: str, *, days: float, directory: Path) -> ServerCert:
-    """A certificate for ``name`` signed by the test CA, valid until ``days`` from now (negative: expired)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(pki.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(pki.key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + pki.cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return ServerCert(cert_path, key_path)
 
 
 def _keymgr(conf: Path, *args: str) -> str:
@@ -127,15 +104,35 @@ def _expired_zone(origin: str) -> tuple[str, str]:
     return zone.to_text(relativize=False), f"{origin}. DS {ds.to_text()}"
 
 
-def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict[str, str]:
+def _bogus_aaaa_zone(origin: str) -> tuple[str, str]:
+    """A zone signed with valid signatures, whose ``mail`` AAAA RRset was then changed (bogus), and its DS (SHA-256)."""
+    text = (
+        f"$ORIGIN {origin}.\n$TTL 300\n{SOA}@ MX 10 mail\n@ MX 20 mail6\n"
+        "mail A 127.0.21.12\nmail AAAA 2001:db8::21:12\nmail6 A 127.0.21.13\nmail6 AAAA 2001:db8::21:13\n"
+    )
+    zone = dns.zone.from_text(text, origin=origin + ".", relativize=False)
+    private = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(private.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257)
+    now = int(time.time())
+    with zone.writer() as txn:
+        dns.dnssec.sign_zone(zone, txn, keys=[(private, dnskey)], inception=now - 86400, expiration=now + 30 * 86400, dnskey_ttl=300)
+    signed = zone.to_text(relativize=False)
+    tampered = signed.replace("2001:db8::21:12", "2001:db8::66:66")  # the RRSIG over the AAAA RRset stays the old one
+    assert tampered != signed
+    ds = dns.dnssec.make_ds(origin + ".", dnskey, "SHA256")
+    return tampered, f"{origin}. DS {ds.to_text()}"
+
+
+def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str, tlsa_ta: str = "", six_ds: str = "") -> dict[str, str]:
     """The parent and child zones; ``ds`` holds the DS records of the Knot-signed children."""
     wrong_key = dns.dnssec.make_dnskey(ec.generate_private_key(ec.SECP256R1()).public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, 257)
     wrong_ds = dns.dnssec.make_ds("badds.diag.test.", wrong_key, "SHA256").to_text()
     parent = (
         f"$ORIGIN diag.test.\n$TTL 300\n{SOA}ns A {KNOT_ADDRESS}\n"
         "good NS ns.diag.test.\nunsigned NS ns.diag.test.\nbadds NS ns.diag.test.\nexpired NS ns.diag.test.\nn3 NS ns.diag.test.\n"
-        + "".join(line + "\n" for line in ds["good.diag.test"] + ds["n3.diag.test"])
-        + f"badds DS {wrong_ds}\n{expired_ds}\n"
+        "ta NS ns.diag.test.\nsix NS ns.diag.test.\n"
+        + "".join(line + "\n" for line in ds["good.diag.test"] + ds["n3.diag.test"] + ds.get("ta.diag.test", []))
+        + f"badds DS {wrong_ds}\n{expired_ds}\n{six_ds}\n"
     )
     good = (
         f"$ORIGIN good.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A {GOOD_MX_ADDRESS}\n{tlsa_good}\n"
@@ -157,7 +154,9 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     spamcop = head + "11.14.0.127 A 127.0.0.2\n"
     n3 = f"$ORIGIN n3.diag.test.\n$TTL 300\n{SOA}insecure NS ns.diag.test.\n"
     insecure = f"$ORIGIN insecure.n3.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A 127.0.14.14\n"
+    ta = f"$ORIGIN ta.diag.test.\n$TTL 300\n{SOA}@ MX 10 mail\nmail A {TA_MX_ADDRESS}\n{tlsa_ta}\n"
     return {
+        "ta.diag.test": ta,
         "n3.diag.test": n3,
         "insecure.n3.diag.test": insecure,
         "zen.spamhaus.org": spamhaus,
@@ -170,17 +169,19 @@ def lab_zones(ds: dict[str, list[str]], expired_ds: str, tlsa_good: str) -> dict
     }
 
 
-def start_lab(workdir: Path, tlsa_good: str) -> tuple[SigningKnot, list[str]]:
+def start_lab(workdir: Path, tlsa_good: str, tlsa_ta: str = "") -> tuple[SigningKnot, list[str]]:
     """Start the signing Knot (not yet the resolver); returns it and the trust anchor of ``diag.test``."""
-    signed = {"diag.test", "good.diag.test", "badds.diag.test", "n3.diag.test"}
+    signed = {"diag.test", "good.diag.test", "badds.diag.test", "n3.diag.test", "ta.diag.test"}
     names = ("diag.test", "good.diag.test", "unsigned.diag.test", "badds.diag.test", "expired.diag.test", "14.0.127.in-addr.arpa")
-    names += ("zen.spamhaus.org", "bl.spamcop.net", "n3.diag.test", "insecure.n3.diag.test")
+    names += ("zen.spamhaus.org", "bl.spamcop.net", "n3.diag.test", "insecure.n3.diag.test", "ta.diag.test", "six.diag.test")
     placeholder = {n: "" for n in names}
     knot = SigningKnot(workdir, KNOT_ADDRESS, 0, placeholder, signed, nsec3=frozenset({"n3.diag.test"}))
     ds = knot.generate_keys()
     expired_text, expired_ds = _expired_zone("expired.diag.test")
-    zones = lab_zones(ds, expired_ds, tlsa_good)
+    six_text, six_ds = _bogus_aaaa_zone("six.diag.test")
+    zones = lab_zones(ds, expired_ds, tlsa_good, tlsa_ta, six_ds)
     zones["expired.diag.test"] = expired_text
+    zones["six.diag.test"] = six_text
     knot.zones = zones
     knot.start()
     return knot, ds["diag.test"]

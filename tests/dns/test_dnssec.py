@@ -78,6 +78,22 @@ def test_signed_zone_passes_with_its_chain(dnssec_lab: dict) -> None:
     assert "diag.test. DNSKEY" in queries and "good.diag.test. DS" in queries and "good.diag.test. DNSKEY" in queries
 
 
+def test_mx_hosts_aaaa_rrsets_are_validated_too(dnssec_lab: dict) -> None:
+    """A DANE sender looks up AAAA as well as A with DNSSEC (RFC 7672 2.2.2): a bogus AAAA fails even beside a valid A."""
+    unbound = dnssec_lab["unbound"]
+    assert unbound_says(unbound, "mail.six.diag.test", "A") == "secure"
+    assert unbound_says(unbound, "mail.six.diag.test", "AAAA") == "bogus"
+    assert unbound_says(unbound, "mail6.six.diag.test", "AAAA") == "secure"
+    dnssec = results(run_check(dnssec_lab, "six.diag.test"), "dnssec")  # asked with CD: Unbound hands the bogus AAAA over
+    bad = dnssec["mail.six.diag.test"]
+    assert bad["status"] == "fail", bad
+    assert bad["summary"].startswith("mail.six.diag.test. AAAA: bogus:") and "AAAA RRset of mail.six.diag.test." in bad["summary"]
+    assert "mail.six.diag.test. AAAA" in [r["query"] for r in bad["records"]]
+    assert dnssec["mail6.six.diag.test"]["status"] == "pass"
+    assert dnssec["mail6.six.diag.test"]["summary"].startswith("mail6.six.diag.test. A and AAAA: signed and valid")
+    assert dnssec["six.diag.test"]["status"] == "pass"
+
+
 def test_unsigned_zone_warns(dnssec_lab: dict) -> None:
     """A delegation without DS, proven by the parent's signed NSEC (RFC 4035 5.2): insecure, a warning."""
     data = run_check(dnssec_lab, "unsigned.diag.test")

@@ -27,7 +27,7 @@ GOOD = "version: STSv1\nmode: enforce\nmx: mail.good.diag.test\nmax_age: 1209600
 
 @pytest.fixture(scope="module")
 def policy_server(pki: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPSServer]:
-    cert = lab.issue_certificate(pki, "mta-sts.good.diag.test", days=90, directory=tmp_path_factory.mktemp("sts-cert"))
+    cert = pki.issue("mta-sts.good.diag.test", days=90, directory=tmp_path_factory.mktemp("sts-cert"))
     with HTTPSServer(lab.STS_ADDRESS, 0, cert.cert, cert.key) as server:
         server.body = GOOD
         yield server

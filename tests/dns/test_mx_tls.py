@@ -7,10 +7,8 @@ server it needs there on a free port and gives that port with ``--smtp-port``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
@@ -21,26 +19,7 @@ from tests.conftest import require_programs
 from tests.dns import dnssec_lab as lab
 from tests.outbound.pki import ServerCert, TestCA
 from tests.peers.knot import free_port
-from tests.peers.mailprov_server import MailprovTree, run_mailprov
 from tests.peers.postfix import PostfixPeer
-
-
-@pytest.fixture
-def our_mta() -> Iterator:
-    """Factory: our MTA as the MX at ``ip`` with the given certificate; stopped afterwards."""
-    started = []
-
-    def start(ip: str, hostname: str, cert: ServerCert) -> int:
-        tree = MailprovTree.create(
-            hostname=hostname, domains=[hostname.split(".", 1)[1]], ip=ip, tls={"cert": str(cert.cert), "key": str(cert.key)}
-        )
-        started.append((tree, run_mailprov(tree.config_path)))
-        return tree.ports["smtp"]
-
-    yield start
-    for tree, process in started:
-        process.stop()
-        tree.cleanup()
 
 
 def check(resolver: str, domain: str, port: int, pki: TestCA, *extra: str) -> tuple[int, dict[str, dict]]:
@@ -91,7 +70,7 @@ def test_our_mta_passes_and_matches_its_tlsa_record(dnssec_lab: dict, pki: TestC
 def test_postfix_as_mx_passes(dnssec_lab: dict, pki: TestCA, tmp_path: Path) -> None:
     """Postfix with STARTTLS (smtpd_tls_security_level=may) and a certificate for its name: pass."""
     require_programs("postfix")
-    cert = lab.issue_certificate(pki, "mail.unsigned.diag.test", days=90, directory=tmp_path)
+    cert = pki.issue("mail.unsigned.diag.test", days=90, directory=tmp_path)
     port = free_port("127.0.14.11")
     extra = {"smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(cert.cert), "smtpd_tls_key_file": str(cert.key)}
     with PostfixPeer(ip="127.0.14.11", port=port, hostname="mail.unsigned.diag.test", extra=extra):
@@ -114,7 +93,7 @@ def test_postfix_without_starttls_fails(dnssec_lab: dict, pki: TestCA, tmp_path:
 
 def test_expired_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path, our_mta) -> None:
     """A certificate past its notAfter: fail, naming the verification error."""
-    cert = lab.issue_certificate(pki, "mail.expired.diag.test", days=-2, directory=tmp_path)
+    cert = pki.issue("mail.expired.diag.test", days=-2, directory=tmp_path)
     port = our_mta("127.0.14.12", "mail.expired.diag.test", cert)
     code, found = check(knot_resolver(dnssec_lab), "expired.diag.test", port, pki)
     tls = found["mx.tls mail.expired.diag.test (127.0.14.12)"]
@@ -125,7 +104,7 @@ def test_expired_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path
 
 def test_wrong_name_certificate_fails(dnssec_lab: dict, pki: TestCA, tmp_path: Path, our_mta) -> None:
     """A valid certificate for another name (RFC 6125): fail, saying it is not valid for the MX name."""
-    cert = lab.issue_certificate(pki, "somewhere-else.test", days=30, directory=tmp_path)
+    cert = pki.issue("somewhere-else.test", days=30, directory=tmp_path)
     port = our_mta("127.0.14.13", "mail.badds.diag.test", cert)
     _, found = check(knot_resolver(dnssec_lab), "badds.diag.test", port, pki)
     tls = found["mx.tls mail.badds.diag.test (127.0.14.13)"]
@@ -137,7 +116,7 @@ def test_certificate_expiring_soon_warns(pki: TestCA, tmp_path: Path) -> None:
     """Valid, but expiring within 14 days: a warning to renew (judged from the certificate a probe fetched)."""
     from mailprov.dns.dane import load_certificate
 
-    cert = lab.issue_certificate(pki, "mail.good.diag.test", days=5, directory=tmp_path)
+    cert = pki.issue("mail.good.diag.test", days=5, directory=tmp_path)
     leaf = load_certificate(cert.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
     probe = TlsProbe("mail.good.diag.test", lab.GOOD_MX_ADDRESS, 25, stage="done", banner="mail", ehlo=["mail"], starttls_offered=True)
     probe.tls_version, probe.cipher, probe.leaf_der = "TLSv1.3", "TLS_AES_256_GCM_SHA384", leaf

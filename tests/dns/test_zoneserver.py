@@ -243,12 +243,12 @@ def test_any_packet_is_answered_or_dropped(data: bytes) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=600))
 def test_resolver_socket_ignores_garbage(data: bytes) -> None:
-    from mailprov.dns.resolver import _Mux
+    from mailprov.dns.resolver import _Mux, question_wire
 
     async def main() -> None:
         mux = _Mux()
         future = asyncio.get_running_loop().create_future()
-        mux.pending[int.from_bytes(data[:2], "big") if len(data) >= 2 else 0] = ("alpha.test.", 15, future)
+        mux.pending[int.from_bytes(data[:2], "big") if len(data) >= 2 else 0] = (question_wire("alpha.test.", 15), True, future)
         mux.datagram_received(data, ("127.0.2.1", 53))
         assert not future.done()  # random bytes never make a matching answer to alpha.test. MX
 

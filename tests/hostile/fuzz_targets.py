@@ -12,6 +12,9 @@ Targets:
 * ``zone``: the zone-file parser of ``mailprov check --zone`` (UsageError only).
 * ``records``: SPF, DMARC, DKIM, MTA-STS, TLS-RPT record and MTA-STS policy parsers (never raise, except
   PolicyError for a policy file).
+* ``reply``: the DNS checker's reply parser (``mailprov.dns.resolver.parse_reply``), which reads whatever
+  arrives on its UDP sockets: it never raises, and where dnspython's own parser accepts the packet, both
+  read the same answer section.
 """
 
 from __future__ import annotations
@@ -145,4 +148,23 @@ def records(data: bytes) -> None:
         parse_policy(text)
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"address": address, "message": message, "zone": zone, "records": records}
+REPLY_QUESTION = b"\x02mx\x04fuzz\x04test\x00\x00\x01\x00\x01"  # mx.fuzz.test. A IN, as the seeds ask
+
+
+def reply(data: bytes) -> None:
+    import dns.message
+
+    from mailprov.dns.resolver import parse_reply
+
+    ours = parse_reply(data, REPLY_QUESTION, full_authority=bool(data[-1:]) and data[-1] & 1 == 1)
+    if ours is None:
+        return
+    try:
+        theirs = dns.message.from_wire(data)
+    except Exception:  # dnspython is stricter on the sections we skip: not a bug of ours
+        return
+    same = {(r.name, r.rdtype, r.covers, r.ttl, frozenset(r)) for r in ours.answer}
+    assert same == {(r.name, r.rdtype, r.covers, r.ttl, frozenset(r)) for r in theirs.answer}, (ours.answer, theirs.answer)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {"address": address, "message": message, "zone": zone, "records": records, "reply": reply}

@@ -140,8 +140,10 @@ def test_mutt_saves_every_message_to_a_new_folder(imap_server, tmp_path):
     )
     keys = "<tag-pattern>~A<enter><tag-prefix><save-message>=Archive<enter><quit>"
     env = {**os.environ, "HOME": str(tmp_path), "TERM": "xterm", "COLUMNS": "100", "LINES": "30"}
+    # script(1) gives the new terminal its own terminal's size: 0x0 with none here. mutt on ncurses 6.5
+    # (Debian 13) then exits "Error opening terminal: xterm." (LINES and COLUMNS do not help it): set a size.
     done = subprocess.run(
-        ["script", "-qec", f"mutt -n -F {rc} -e 'push \"{keys}\"'", "/dev/null"],
+        ["script", "-qec", f"stty rows 30 cols 100 && mutt -n -F {rc} -e 'push \"{keys}\"'", "/dev/null"],
         capture_output=True, timeout=60, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]

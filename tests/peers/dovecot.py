@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -20,19 +21,46 @@ import time
 from pathlib import Path
 
 MAIL_USER = "mail"
-# What both protocols share; {{protocol}} is pop3 or imap.
-_COMMON = """\
-base_dir = {root}/run
+# One server in both of Dovecot's configuration languages: 2.3 (Debian 12) and 2.4 (Debian 13), which renamed
+# settings and refuses a file that does not start with dovecot_config_version. Each serves one protocol on
+# {host}:{port}, users from a passwd-file, Maildir++ at ROOT/mail/DOMAIN/LOCAL; {protocol} is pop3 or imap.
+_SERVER = """\
+{head}base_dir = {root}/run
 state_dir = {root}/state
-instance_name = mailprov-test-{{protocol}}-{port}
+instance_name = mailprov-test-{protocol}-{port}
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = {{protocol}}
+protocols = {protocol}
 listen = {host}
 ssl = no
-disable_plaintext_auth = no
 first_valid_uid = 1
 auth_mechanisms = plain
+{users}service {protocol}-login {{
+  inet_listener {protocol} {{
+    {address} = {host}
+    port = {port}
+  }}
+  inet_listener {protocol}s {{
+    port = 0
+  }}
+  process_min_avail = 1
+}}
+service anvil {{
+  chroot =
+}}
+"""
+# Dovecot 2.4 (https://doc.dovecot.org/2.4.0/installation/upgrade/2.3-to-2.4.html): the two version settings
+# come first (2.4.0: the defaults and storage formats of 2.4.0, whichever 2.4.x runs); mail_location split
+# into mail_driver/mail_path with %{user | domain} for %d; disable_plaintext_auth became auth_allow_cleartext;
+# passdb/userdb are named blocks with typed settings; a listener's address is its listen; pop3_uidl_format's
+# %f is %{filename}. Its maildir driver defaults to the fs layout, so Maildir++ is asked for.
+_VERSIONS = {
+    (2, 3): {
+        "head": "",
+        "address": "address",
+        "uidl": "%f",
+        "users": """\
+disable_plaintext_auth = no
 mail_location = maildir:{root}/mail/%d/%n
 passdb {{
   driver = passwd-file
@@ -42,60 +70,86 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root}/home/%d/%n
 }}
-service {{protocol}}-login {{
-  inet_listener {{protocol}} {{
-    address = {host}
-    port = {port}
-  }}
-  inet_listener {{protocol}}s {{
-    port = 0
-  }}
-  process_min_avail = 1
+""",
+    },
+    (2, 4): {
+        "head": "dovecot_config_version = 2.4.0\ndovecot_storage_version = 2.4.0\n",
+        "address": "listen",
+        "uidl": "%{filename}",
+        "users": """\
+auth_allow_cleartext = yes
+mail_driver = maildir
+mail_path = {root}/mail/%{{user | domain}}/%{{user | username}}
+mailbox_list_layout = maildir++
+passdb passwd-file {{
+  passwd_file_path = {root}/passwd
+  default_password_scheme = PLAIN
 }}
-service anvil {{
-  chroot =
+userdb static {{
+  fields {{
+    uid = {uid}
+    gid = {gid}
+    home = {root}/home/%{{user | domain}}/%{{user | username}}
+  }}
 }}
-"""
-CONFIG = _COMMON.replace("{{protocol}}", "pop3") + "pop3_uidl_format = %f\n"
+""",
+    },
+}
 
 # IMAP on the Maildir++ layout mailprov's IMAP store writes (mailprov/imap/store.py): '.' separator, no
-# prefix, INBOX the root Maildir, the four special-use folders marked as mailprov marks them.
-IMAP_CONFIG = (
-    _COMMON.replace("{{protocol}}", "imap")
-    + """\
-namespace inbox {{
+# prefix, INBOX the root Maildir, the four special-use folders marked as mailprov marks them (alike in both).
+_IMAP = """\
+namespace inbox {
   inbox = yes
   separator = .
   prefix =
-  mailbox Sent {{
+  mailbox Sent {
     special_use = \\Sent
-  }}
-  mailbox Drafts {{
+  }
+  mailbox Drafts {
     special_use = \\Drafts
-  }}
-  mailbox Trash {{
+  }
+  mailbox Trash {
     special_use = \\Trash
-  }}
-  mailbox Junk {{
+  }
+  mailbox Junk {
     special_use = \\Junk
-  }}
-}}
+  }
+}
 """
-)
+
+
+def dovecot_version() -> tuple[int, int]:
+    """The installed Dovecot's (major, minor), from ``dovecot --version`` ("2.3.19.1 (9b53102964)",
+    "2.4.1-4 (7d8c0e5759)")."""
+    out = subprocess.run([_program("dovecot"), "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", out.strip()).groups())  # type: ignore[union-attr]
+    return major, minor
+
+
+def config_text(protocol: str, version: tuple[int, int], **values: object) -> str:
+    """The configuration file for ``protocol`` (pop3 or imap) on Dovecot ``version`` (2.4 and later are
+    written as 2.4); ``values`` fill in root, host, port, uid and gid."""
+    spelling = _VERSIONS[(2, 4) if version >= (2, 4) else (2, 3)]
+    users = spelling["users"].format(**values)
+    text = _SERVER.format(head=spelling["head"], users=users, address=spelling["address"], protocol=protocol, **values)
+    return text + (f"pop3_uidl_format = {spelling['uidl']}\n" if protocol == "pop3" else _IMAP)
 
 
 class DovecotPOP3:
     """Dovecot serving POP3 on ``host:port`` for ``users`` ({address: password}). A password that is
     an argon2id PHC string (``$argon2id$...``, as in mailprov's users file) is used as that hash, so
-    both servers can check the same hashes."""
+    both servers can check the same hashes. ``extra`` is appended to the configuration (settings that
+    are spelled alike in 2.3 and 2.4, such as process limits)."""
 
-    CONFIG = CONFIG
+    PROTOCOL = "pop3"
     GREETING = b"+OK"
 
-    def __init__(self, root: Path, host: str, port: int, users: dict[str, str]) -> None:
+    def __init__(self, root: Path, host: str, port: int, users: dict[str, str], *, extra: str = "") -> None:
         self.root = root
         self.host, self.port = host, port
         self.users = users
+        self.extra = extra
         self.conf = root / "dovecot.conf"
         self.mail_dir = root / "mail"
 
@@ -134,7 +188,8 @@ class DovecotPOP3:
         user = pwd.getpwnam(MAIL_USER)
         self.own()
         (self.root / "passwd").write_text("".join(f"{a}:{_scheme(p)}\n" for a, p in self.users.items()))
-        self.conf.write_text(self.CONFIG.format(root=self.root, host=self.host, port=self.port, uid=user.pw_uid, gid=user.pw_gid))
+        values = {"root": self.root, "host": self.host, "port": self.port, "uid": user.pw_uid, "gid": user.pw_gid}
+        self.conf.write_text(config_text(self.PROTOCOL, dovecot_version(), **values) + self.extra)
         # Dovecot daemonizes; its children inherit the standard streams, so never capture them with pipes.
         with open(self.root / "start.log", "wb") as out:
             done = subprocess.run([_program("dovecot"), "-c", str(self.conf)], stdout=out, stderr=out, timeout=30)
@@ -170,7 +225,7 @@ class DovecotPOP3:
 class DovecotIMAP(DovecotPOP3):
     """Dovecot serving IMAP (``dovecot-imapd``) on ``host:port`` over the same mail tree layout."""
 
-    CONFIG = IMAP_CONFIG
+    PROTOCOL = "imap"
     GREETING = b"* OK"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mailprov.cli import app
 from mailprov.delivery.base import Envelope, Result
 from mailprov.delivery.local import LocalCourier
 from mailprov.maildir import crlf_size
+from mailprov.queue import admin, trigger
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.runner import QueueRunner
 from mailprov.queue.store import QueueItem, QueueStore, Recipient, new_queue_id, parse
@@ -147,6 +149,37 @@ def test_partial_delivery_is_remembered_and_only_the_rest_retried(env):
     statuses = asyncio.run(main())
     assert statuses == {"a@remote.test": ("sent", "250 ok"), "b@remote.test": ("deferred", "try later")}
     assert remote.calls == [("a@remote.test", "b@remote.test"), ("b@remote.test",)]
+
+
+def test_queue_flush_and_release_wake_a_running_runner_at_once(env):
+    """`mailprov queue flush` / `release` (admin functions) pull the trigger FIFO: with a scan interval of an
+    hour, the runner still delivers the flushed and the released item at once (Postfix: postqueue -f)."""
+    cfg, directory = env
+    cfg.queue.scan_interval = 3600.0
+    remote = ScriptedCourier({"a@remote.test": [Result.temporary("try later", code=451, enhanced="4.3.0"), Result.delivered("mx")]})
+
+    async def main():
+        runner, store = build_runner(cfg, directory, remote)
+        await runner.start()
+        deferred = make_item("alex@alpha.test", "a@remote.test")
+        await runner.enqueue(deferred, MSG)
+        await run_until_idle(runner, lambda: bool(store.ids("deferred")))
+        held = make_item("alex@alpha.test", "b@remote.test")
+        store.write_new(held, MSG)
+        store.move(held.id, "incoming", "hold")
+        assert admin.flush(store, []) == 1
+        await run_until_idle(runner, lambda: not store.ids("deferred") and not store.ids("incoming"), timeout=5)
+        assert admin.release(store, ["ALL"]) == 1
+        await run_until_idle(runner, lambda: len(remote.calls) == 3 and not store.ids("incoming"), timeout=5)
+        await runner.stop()
+        assert not trigger.pull(store.root)  # nobody listens once the runner stopped
+        return store
+
+    store = asyncio.run(main())
+    assert remote.calls == [("a@remote.test",), ("a@remote.test",), ("b@remote.test",)]
+    assert not any(store.ids(s) for s in ("incoming", "active", "deferred", "hold"))
+    assert stat.S_ISFIFO(os.lstat(trigger.path(store.root)).st_mode)
+    assert stat.S_IMODE(os.lstat(trigger.path(store.root)).st_mode) == 0o600
 
 
 def test_permanent_failure_bounces_to_sender_with_rfc3464_report(env):

@@ -122,3 +122,48 @@ def test_failed_tls_handshakes_do_not_use_up_connection_slots():
         if server is not None:
             server.stop()
         tree.cleanup()
+
+
+def test_mail_is_still_accepted_when_every_worker_is_killed():
+    """Both workers SIGKILLed: the master restarts them, or, when server.user cannot run the interpreter
+    (a checkout under /root, as here and in CI), serves the SMTP sessions itself, plain and implicit TLS."""
+    tree = MailprovTree.create(hostname="mx.beta.test", domains=["beta.test"], ip="127.0.3.22", smtp={"processes": 2})
+    server = None
+    try:
+        tree.add_user("john@beta.test", "pw")
+        server = run_mailprov(tree.config_path)
+        workers = children(server.proc.pid)
+        assert len(workers) == 2
+        restartable = "an SMTP worker that dies cannot be restarted" not in server.log()
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(w) for w in workers):
+            time.sleep(0.05)
+        time.sleep(1.5)  # the master waits a second before it restarts (or gives up restarting)
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        deadline = time.monotonic() + 20
+        while True:  # a restarted worker may still be loading: bounded retries
+            try:
+                with smtplib.SMTP(tree.ip, tree.ports["smtp"], timeout=20) as s:
+                    s.sendmail("a@remote.test", ["john@beta.test"], b"Subject: after-kill\r\n\r\nx\r\n")
+                with smtplib.SMTP_SSL(tree.ip, tree.ports["submissions"], timeout=20, context=context) as s:
+                    assert s.ehlo()[0] == 250
+                break
+            except (OSError, smtplib.SMTPException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        (written,) = tree.maildir_files("john@beta.test")
+        writer = written.name.split("P", 1)[1].split("Q", 1)[0]
+        now = set(children(server.proc.pid))
+        if restartable:
+            assert writer in {str(p) for p in now} and not now & set(workers)
+        else:
+            assert writer == str(server.proc.pid), server.log()
+            assert "this process serves the SMTP sessions itself" in server.log()
+    finally:
+        if server is not None:
+            server.stop()
+        tree.cleanup()

@@ -126,3 +126,18 @@ def test_the_check_finds_lazy_relative_and_type_only_cycles(tmp_path):
     assert cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
     (pkg / "c.py").write_text("def f():\n    pass\n")
     assert cycles(import_graph(pkg)) == []
+
+
+def test_cli_start_up_loads_no_command_s_heavy_modules():
+    """``mailprov --help`` builds every command's options, but runs none: dnspython, asyncio, the config
+    schema, the queue, cryptography and the password hashing (mailprov.users) are imported by the command
+    that uses them (bench/cli_startup.py measures the time; this keeps the modules out)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mailprov.cli; print('\\n'.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60).stdout.split())
+    assert "mailprov.cli.check" in loaded and "typer" in loaded
+    heavy = ("dns", "asyncio", "ssl", "cryptography", "argon2", "mailprov.config", "mailprov.users", "mailprov.queue", "mailprov.dns")
+    pulled = sorted(m for m in loaded if m in heavy or m.startswith(tuple(h + "." for h in heavy)))
+    assert not pulled, f"imported by 'import mailprov.cli' (import them inside the command that needs them): {pulled}"

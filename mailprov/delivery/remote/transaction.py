@@ -82,7 +82,9 @@ def prepare(
     """(the plan, or None when nothing can be sent; the replies already decided without the server)."""
     options: list[str] = []
     encoding = "ascii"
-    data = _LINE_ENDINGS.sub(b"\r\n", message)
+    # Queued messages already end their lines with CRLF (counting is much cheaper than the substitution).
+    crlf = message.count(b"\r\n")
+    data = message if message.count(b"\n") == crlf == message.count(b"\r") else _LINE_ENDINGS.sub(b"\r\n", message)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if "size" in extensions:
