@@ -48,6 +48,7 @@ log = logging.getLogger("mailprov.imap")
 WORKERS = 16  # threads running commands (file I/O) for all sessions
 MAX_ERRORS = 10  # protocol errors in a row before the session is closed
 MAX_PIPELINED = 1024 * 1024  # input buffered while a command runs before reading pauses
+OUTPUT_AHEAD = 1024 * 1024  # output buffered for a client before the command writing it waits
 
 
 class ConnectionGone(Exception):
@@ -94,6 +95,10 @@ class Connection(MailConnection):
 
     def _greet(self) -> None:
         config = self.server.config
+        if self.transport is not None:
+            # A FETCH of many messages writes 256 KiB batches: let a worker run one batch ahead of the
+            # socket instead of stopping at asyncio's default 64 KiB after every batch.
+            self.transport.set_write_buffer_limits(high=OUTPUT_AHEAD)
         self.session = Session(
             hostname=config.server.hostname,
             secure=self.implicit_tls,

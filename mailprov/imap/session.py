@@ -18,6 +18,7 @@ import base64
 import binascii
 import bisect
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,6 +48,11 @@ from mailprov.imap.store import Folder, MessageInfo, Store, StoreError
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 EXTENSIONS = ("LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT", "CHILDREN", "UIDPLUS", "MOVE", "SPECIAL-USE")
 DELIMITER = "."
+# FETCH of message contents goes out in batches of this many octets; one session at a time (per
+# process) reads and renders a batch: threads taking turns cost less than ten threads trading the GIL
+# at every open() and read().
+FETCH_BATCH = 256 * 1024
+_READING = threading.Lock()
 META_LINES_PER_WRITE = 2048  # response lines per write of a metadata-only FETCH (about 120 KiB)
 
 
@@ -716,33 +722,43 @@ class Session:
         size = 0
         recent = sel.recent
         ordered: dict[tuple[frozenset[str], bool], list[str]] = {}  # flag order, once per distinct set
-        for seq, target in zip(self._seqs(targets), targets, strict=True):
-            info = sel.infos[target]
-            key = (info.flags, target in recent)
-            flags = ordered.get(key)
-            if flags is None:
-                flags = ordered[key] = ordered_flags(*key)
-            try:
-                chunk = fetch.render(
-                    seq,
-                    target,
-                    items,
-                    flags=flags,
-                    size=info.size,
-                    internaldate=info.internaldate,
-                    message=lambda t=target: folder.read(t),  # type: ignore[misc]
-                )
-            except StoreError as exc:
-                if exc.code != "NONEXISTENT":
-                    raise
-                missing = True
-                continue
-            buffer.append(chunk)
-            size += len(chunk)
-            if size >= 256 * 1024:
-                out.write(b"".join(buffer))
-                buffer.clear()
-                size = 0
+        held = False  # _READING, while this session reads a batch of messages
+        try:
+            for seq, target in zip(self._seqs(targets), targets, strict=True):
+                if not held:
+                    _READING.acquire()
+                    held = True
+                info = sel.infos[target]
+                key = (info.flags, target in recent)
+                flags = ordered.get(key)
+                if flags is None:
+                    flags = ordered[key] = ordered_flags(*key)
+                try:
+                    chunk = fetch.render(
+                        seq,
+                        target,
+                        items,
+                        flags=flags,
+                        size=info.size,
+                        internaldate=info.internaldate,
+                        message=lambda t=target: folder.read(t),  # type: ignore[misc]
+                    )
+                except StoreError as exc:
+                    if exc.code != "NONEXISTENT":
+                        raise
+                    missing = True
+                    continue
+                buffer.append(chunk)
+                size += len(chunk)
+                if size >= FETCH_BATCH:
+                    _READING.release()  # not held while waiting for the client to read
+                    held = False
+                    out.write(b"".join(buffer))
+                    buffer.clear()
+                    size = 0
+        finally:
+            if held:
+                _READING.release()
         if buffer:
             out.write(b"".join(buffer))
         if missing:
