@@ -23,7 +23,7 @@ from mailprov.deploy.runner import PlaybookResult, run_playbook
 from mailprov.deploy.wheel import build as build_wheel
 from tests.conftest import require_programs
 from tests.deploy import lab as pidfile_lab
-from tests.deploy.systemd_lab import SSH_PORT, Container, image
+from tests.deploy.systemd_lab import SSH_PORT, Container, host_vars, image
 from tests.peers.knot import KnotServer
 from tests.peers.pebble import Pebble
 
@@ -82,32 +82,10 @@ def acme_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             known_hosts = root / "known_hosts"
             known_hosts.write_text(f"[{ADDRESS}]:{SSH_PORT} {container.host_key}\n")
             dns = f"{DNS_ADDRESS}:{DNS_PORT}"
-            group_vars = {
-                "ansible_user": "root",
-                "ansible_connection": "ssh",
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "ansible_pipelining": True,
-                "ansible_ssh_private_key_file": str(key),
-                "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
-                "mailprov_base_install": "offline",
-                "mailprov_base_wheel": wheel,
-                "mailprov_base_wheel_cache": str(WHEEL_CACHE),
-                "mailprov_base_apt_cache_valid_time": 10 * 365 * 86400,
-                "mailprov_base_service_timeout": 60,
-                "mailprov_mta_listen": ["{{ ansible_host }}:25"],
-                "mailprov_mta_submission_listen": ["{{ ansible_host }}:587"],
-                "mailprov_mta_submissions_listen": ["{{ ansible_host }}:465"],
-                "mailprov_mta_trusted_networks": [],
-                "mailprov_mta_outbound_resolvers": [dns],
-                "mailprov_mta_outbound_mta_sts": False,
-                "mailprov_pop3_listen": ["{{ ansible_host }}:110"],
-                "mailprov_pop3_tls_listen": ["{{ ansible_host }}:995"],
-                "mailprov_imap_listen": ["{{ ansible_host }}:143"],
-                "mailprov_imap_tls_listen": ["{{ ansible_host }}:993"],
-                "mailprov_preflight_resolvers": [dns],
-                "mailprov_preflight_addresses": ["{{ ansible_host }}"],
-                "mailprov_probe_resolvers": [dns],
-                "mailprov_probe_source_address": PROBE_SOURCE,
+            group_vars = host_vars(
+                key=key, known_hosts=known_hosts, wheel=wheel, wheel_cache=WHEEL_CACHE, dns=dns, probe_source=PROBE_SOURCE
+            )
+            group_vars |= {
                 "mailprov_tls_source": "acme",
                 "mailprov_tls_acme_directory": ca.directory,
                 "mailprov_tls_acme_ca_bundle_src": str(ca.ca_bundle),

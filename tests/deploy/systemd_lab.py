@@ -105,6 +105,40 @@ def image() -> Path:
     return path
 
 
+def host_vars(*, key: Path, known_hosts: Path, wheel: str, wheel_cache: Path, dns: str, probe_source: str) -> dict[str, object]:
+    """Inventory variables for a lab container deployed as a real host: root over SSH (host key pinned),
+    production paths and the real ports on the host's own address (the containers share this machine's
+    network), dependencies from wheels (no package index), and the lab's DNS server for every lookup."""
+    return {
+        "ansible_user": "root",
+        "ansible_connection": "ssh",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_pipelining": True,  # one SSH round trip per task instead of three (root: no sudo tty)
+        "ansible_ssh_private_key_file": str(key),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+        "mailprov_base_install": "offline",
+        "mailprov_base_wheel": wheel,
+        "mailprov_base_wheel_cache": str(wheel_cache),
+        # The image's apt lists are as old as the image; its cache holds the .debs: no network needed.
+        "mailprov_base_apt_cache_valid_time": 10 * 365 * 86400,
+        "mailprov_base_service_timeout": 60,
+        "mailprov_mta_listen": ["{{ ansible_host }}:25"],
+        "mailprov_mta_submission_listen": ["{{ ansible_host }}:587"],
+        "mailprov_mta_submissions_listen": ["{{ ansible_host }}:465"],
+        "mailprov_mta_trusted_networks": [],
+        "mailprov_mta_outbound_resolvers": [dns],
+        "mailprov_mta_outbound_mta_sts": False,
+        "mailprov_pop3_listen": ["{{ ansible_host }}:110"],
+        "mailprov_pop3_tls_listen": ["{{ ansible_host }}:995"],
+        "mailprov_imap_listen": ["{{ ansible_host }}:143"],
+        "mailprov_imap_tls_listen": ["{{ ansible_host }}:993"],
+        "mailprov_preflight_resolvers": [dns],
+        "mailprov_preflight_addresses": ["{{ ansible_host }}"],
+        "mailprov_probe_resolvers": [dns],
+        "mailprov_probe_source_address": probe_source,
+    }
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

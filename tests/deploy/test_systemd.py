@@ -38,7 +38,7 @@ from mailprov.deploy.runner import PlaybookResult, run_playbook
 from mailprov.deploy.wheel import build as build_wheel
 from tests.conftest import require_programs
 from tests.deploy import lab as pidfile_lab
-from tests.deploy.systemd_lab import IMAGE_CACHE, SSH_PORT, Container, image
+from tests.deploy.systemd_lab import IMAGE_CACHE, SSH_PORT, Container, host_vars, image
 from tests.peers.knot import KnotServer
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -93,41 +93,22 @@ class SystemdLab:
     log: list[str] = field(default_factory=list)
 
     def inventory(self, names: list[str], path: Path, **extra: object) -> Path:
-        group_vars: dict[str, object] = {
-            "ansible_user": "root",
-            "ansible_connection": "ssh",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_pipelining": True,  # one SSH round trip per task instead of three (root: no sudo tty)
-            "ansible_ssh_private_key_file": str(self.key),
-            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
-            # Production paths (no prefix) and the real ports, each on the host's own address (the
-            # containers share this machine's network). Dependencies shipped as wheels: no package index.
-            "mailprov_base_install": "offline",
-            "mailprov_base_wheel": self.wheel,
-            "mailprov_base_wheel_cache": str(self.root / "wheel-cache"),
-            # The image's apt lists are as old as the image; its cache holds the .debs: no network needed.
-            "mailprov_base_apt_cache_valid_time": 10 * 365 * 86400,
-            "mailprov_base_service_timeout": 60,
-            "mailprov_mta_listen": ["{{ ansible_host }}:25"],
-            "mailprov_mta_submission_listen": ["{{ ansible_host }}:587"],
-            "mailprov_mta_submissions_listen": ["{{ ansible_host }}:465"],
-            "mailprov_mta_trusted_networks": [],
-            "mailprov_mta_outbound_resolvers": [f"{DNS_ADDRESS}:{DNS_PORT}"],
+        dns = f"{DNS_ADDRESS}:{DNS_PORT}"
+        group_vars = host_vars(
+            key=self.key,
+            known_hosts=self.known_hosts,
+            wheel=self.wheel,
+            wheel_cache=self.root / "wheel-cache",
+            dns=dns,
+            probe_source=PROBE_SOURCE,
+        )
+        group_vars |= {
             "mailprov_mta_outbound_source_address": "{{ ansible_host }}",
-            "mailprov_mta_outbound_mta_sts": False,
             "mailprov_mta_queue_retry_min": 2,
             "mailprov_mta_queue_retry_max": 5,
             "mailprov_mta_auth_failure_delay": 0.1,
-            "mailprov_pop3_listen": ["{{ ansible_host }}:110"],
-            "mailprov_pop3_tls_listen": ["{{ ansible_host }}:995"],
             "mailprov_pop3_auth_failure_delay": 0.1,
-            "mailprov_imap_listen": ["{{ ansible_host }}:143"],
-            "mailprov_imap_tls_listen": ["{{ ansible_host }}:993"],
             "mailprov_imap_auth_failure_delay": 0.1,
-            "mailprov_preflight_resolvers": [f"{DNS_ADDRESS}:{DNS_PORT}"],
-            "mailprov_preflight_addresses": ["{{ ansible_host }}"],
-            "mailprov_probe_resolvers": [f"{DNS_ADDRESS}:{DNS_PORT}"],
-            "mailprov_probe_source_address": PROBE_SOURCE,
             "mailprov_probe_user": "{{ mailprov_users_list[0].address }}",
             "mailprov_probe_password": "{{ mailprov_users_list[0].password }}",
         }
