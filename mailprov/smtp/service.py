@@ -108,9 +108,8 @@ class SMTPService:
         """Run one SMTP session in this process (no worker is alive and none could be restarted)."""
         ssl_context = ctx.tls_context if mode == "submissions" else None
         conn.setblocking(False)
-        task = asyncio.get_running_loop().create_task(
-            asyncio.get_running_loop().connect_accepted_socket(make_factory(ctx, mode), conn, ssl=ssl_context)
-        )
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(make_factory(ctx, mode), conn, ssl=ssl_context))
         self._fallback_tasks.add(task)
         task.add_done_callback(self._fallback_done)
 
