@@ -37,10 +37,11 @@ from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
 
-from mailprov.config import Config, parse_hostport
+from mailprov.config import Config
 from mailprov.smtp import policy
 from mailprov.smtp.context import SMTPContext
 from mailprov.smtp.handler import SMTPHandler
+from mailprov.workers import bind_sockets
 
 log = logging.getLogger("mailprov.smtp")
 # aiosmtpd's per-command chatter stays out of the mail log; its warning about AUTH without STARTTLS is
@@ -320,19 +321,7 @@ def bind_listeners(config: Config) -> list[tuple[str, socket.socket]]:
     listeners = [("mx", a) for a in config.smtp.listen]
     listeners += [("submission", a) for a in config.smtp.submission_listen]
     listeners += [("submissions", a) for a in config.smtp.submissions_listen]
-    bound: list[tuple[str, socket.socket]] = []
-    try:
-        for mode, address in listeners:
-            host, port = parse_hostport(address, key=f"smtp.{mode}")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=512, reuse_port=False)
-            bound.append((mode, sock))
-            log.info("listening on %s (%s)", address, mode)
-    except OSError:
-        for _, sock in bound:
-            sock.close()
-        raise
-    return bound
+    return bind_sockets("smtp", listeners, log)
 
 
 def make_factory(ctx: SMTPContext, mode: str) -> Callable[[], MailprovSMTP]:

@@ -27,8 +27,9 @@ from mailprov.queue.runner import QueueRunner
 from mailprov.queue.store import STATES, QueueStore
 from mailprov.smtp.context import SMTPContext, open_directory
 from mailprov.smtp.server import bind_listeners, create_servers, end_sessions, make_factory
-from mailprov.smtp.workers import WorkerPool, tls_memfd
+from mailprov.smtp.workers import refusal
 from mailprov.tls import certificate_paths, server_context
+from mailprov.workers import WorkerPool, tls_memfd
 
 log = logging.getLogger("mailprov.smtp")
 DROP_WAIT = 30.0  # seconds to wait for 'mailprov serve' to drop privileges before working anyway
@@ -91,7 +92,9 @@ class SMTPService:
                 self.config,
                 self.processes,
                 self._tls_fd,
-                notify=self.runner.notify,
+                service="smtp",
+                refusal=functools.partial(refusal, self.config.server.hostname),
+                handlers={"Q": self.runner.notify},
                 connections=self.connections,
                 auth_failures=self.auth_failures,
                 fallback=functools.partial(self._serve_here, self.context(tls_context)),

@@ -1,4 +1,4 @@
-"""The worker side of shared AUTH-failure counting (mailprov.smtp.workers.ChannelAuthThrottle), over a real
+"""The worker side of shared AUTH-failure counting (mailprov.workers.ChannelAuthThrottle), over a real
 SOCK_SEQPACKET pair: the master's answers are used, and a master that does not answer makes the worker
 count on its own instead of letting the client guess freely."""
 
@@ -8,7 +8,7 @@ import asyncio
 import socket
 
 from mailprov.limits import FailureThrottle
-from mailprov.smtp import workers
+from mailprov import workers
 
 
 def test_the_masters_count_is_used_and_a_silent_master_falls_back(monkeypatch):
