@@ -38,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.pop3_retrieve import deliver  # noqa: E402  # the same MDA-like delivery as the POP3 benchmark
-from mailprov.config import from_dict  # noqa: E402
+from mailprov.config import load  # noqa: E402
 from mailprov.users import hash_password  # noqa: E402
-from tests.peers.dovecot import DovecotIMAP  # noqa: E402
+from tests.peers.dovecot import MAIL_USER, DovecotIMAP  # noqa: E402
 from tests.peers.imap_server import IMAPProcess  # noqa: E402
+from tests.peers.mailprov_server import render_toml  # noqa: E402
 from tests.peers.pop3_server import free_port  # noqa: E402
 
 HOST = "127.0.13.240"
@@ -286,7 +287,7 @@ def bench_idle_memory(t: Target, sessions: int) -> tuple[float, float, int]:
 
 
 @contextlib.contextmanager
-def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]:
+def targets(tmp: Path, hashed: str, use_dovecot: bool, processes: int | None = None) -> Iterator[list[Target]]:
     """mailprov (own process) and Dovecot, over one mail tree (``tmp/mail``)."""
     users = [BIG, BODIES]
     out: list[Target] = []
@@ -294,11 +295,13 @@ def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]
         limits = "default_process_limit = 5000\ndefault_client_limit = 10000\nmail_max_userip_connections = 5000\n"
         dovecot = DovecotIMAP(tmp, HOST, free_port(HOST), {u: hashed for u in users}, extra=limits)
         (tmp / "etc").mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o755)  # server.user reaches the users file and the mail tree under it
         (tmp / "etc" / "users").write_text("".join(f"{u}:{hashed}\n" for u in users))
         port = free_port(HOST)
-        config = from_dict(
-            {
-                "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning"},
+        sections = {
+                # Worker processes drop to server.user, as in a deployment: Dovecot's mail user, so the
+                # tree handed to Dovecot before its turns is the tree mailprov's workers read too.
+                "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning", "user": MAIL_USER},
                 "paths": {
                     "mail_dir": str(tmp / "mail"),
                     "state_dir": str(tmp / "mp-state"),
@@ -311,12 +314,15 @@ def targets(tmp: Path, hashed: str, use_dovecot: bool) -> Iterator[list[Target]]
                     "plaintext_networks": ["127.0.0.0/8"],
                     "max_connections_per_client": 5000,
                     "max_connections": 5000,
+                    **({"processes": processes} if processes is not None else {}),
                 },
             }
-        )
+        config_file = tmp / "etc" / "mailprov.toml"  # a file, as in production: worker processes load it
+        config_file.write_text(render_toml(sections))
+        config = load(config_file)
         process = stack.enter_context(IMAPProcess(config))
         assert process.proc is not None
-        out.append(Target("mailprov", port, process.proc.pid, lambda: None))
+        out.append(Target("mailprov", port, process.proc.pid, dovecot.own))
         if use_dovecot:
             stack.enter_context(dovecot)
             master = int((tmp / "run" / "master.pid").read_text())
@@ -332,6 +338,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10, help="concurrent sessions for the second body fetch (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved; best shown (default 3)")
     parser.add_argument("--idle-sessions", type=int, default=1000, help="idle IDLE sessions for the memory figure (default 1000)")
+    parser.add_argument("--processes", type=int, default=None, help="mailprov's imap.processes (default: the configuration's default)")
     parser.add_argument("--no-dovecot", action="store_true", help="mailprov figures only")
     args = parser.parse_args()
     use_dovecot = not args.no_dovecot and DovecotIMAP.available()
@@ -349,7 +356,7 @@ def main() -> None:
         tmp = Path(tmpdir)
         deliver(tmp / "mail" / "bench.test" / "big", args.big, 1024, "big")
         deliver(tmp / "mail" / "bench.test" / "bodies", args.messages, args.size, "bodies")
-        with targets(tmp, hashed, use_dovecot) as servers:
+        with targets(tmp, hashed, use_dovecot, args.processes) as servers:
             for t in servers:
                 t.prepare()  # type: ignore[operator]
                 # The first SELECT ever of mail still in new/: each server builds its own index once.

@@ -309,8 +309,11 @@ class IMAPConfig:
     auth_failure_delay: float = doc("Seconds added to each failed login reply, growing per failure from that client.", 1.0)
     max_auth_failures: int = doc("Failed logins from one client before it is disconnected.", 5)
     append_limit: int = doc("Largest message APPEND accepts, in octets (advertised as APPENDLIMIT).", 50 * 1024 * 1024)
+    processes: int = doc("IMAP session processes: 1 runs all in one; N > 1 starts N workers fed by the main process; 0 is one per CPU.", 0)
 
     def validate(self) -> None:
+        if self.processes < 0:
+            raise ConfigError("imap.processes", f"must be 0 or more, got {self.processes}", "use 0 (one per CPU), 1, or the number of CPUs")
         for name in ("listen", "tls_listen"):
             for i, value in enumerate(getattr(self, name)):
                 parse_hostport(value, key=f"imap.{name}[{i}]")

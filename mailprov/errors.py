@@ -45,7 +45,6 @@ class ConfigError(UsageError):
         self.key = key
 
 
-
 class IncompleteError(MailprovError):
     """The command could not be carried out (e.g. ``mailprov probe`` cannot resolve the host): exit 3."""
 

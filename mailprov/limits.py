@@ -6,10 +6,10 @@
   ``window`` seconds after its last failure, or at its next successful login. At most
   :data:`MAX_TRACKED` addresses are remembered (the oldest forgotten first), so a distributed attack
   cannot grow memory without bound.
-* :class:`AuthThrottle`: the asynchronous face of a FailureThrottle the SMTP handler uses, so that
-  the counts can live in another process: :class:`LocalAuthThrottle` counts in this one (the
-  single-process server, and the master of SMTP worker processes); a worker asks its master over its
-  channel (mailprov.smtp.workers), so N workers still allow ``max_failures`` in all, not N times it.
+* :class:`AuthThrottle`: the asynchronous face of a FailureThrottle the SMTP, POP3 and IMAP servers use,
+  so that the counts can live in another process: :class:`LocalAuthThrottle` counts in this one (a
+  single-process server, and the master of worker processes); a worker asks its master over its
+  channel (mailprov.workers), so N workers still allow ``max_failures`` in all, not N times it.
 * :class:`ConnectionLimiter`: concurrent connections in total and per client address.
 * :func:`client_in`: whether a client address is in a list of networks (``plaintext_networks``).
 """
@@ -83,6 +83,10 @@ class AuthThrottle(Protocol):
         """Record a failure; returns the delay before answering it and the client's failures so far."""
         ...
 
+    async def success(self, client: str) -> None:
+        """A successful login clears the client's count."""
+        ...
+
 
 class LocalAuthThrottle:
     """An :class:`AuthThrottle` over a :class:`FailureThrottle` held in this process."""
@@ -98,6 +102,10 @@ class LocalAuthThrottle:
         """Record a failure; returns the delay before answering it and the client's failures so far."""
         delay = self.throttle.fail(client)
         return delay, self.throttle.failures(client)
+
+    async def success(self, client: str) -> None:
+        """A successful login clears the client's count."""
+        self.throttle.success(client)
 
 
 class ConnectionLimiter:

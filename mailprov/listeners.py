@@ -31,9 +31,10 @@ from typing import Any, ClassVar, Protocol
 
 from mailprov.config import Config, parse_hostport
 from mailprov.errors import MailprovError
-from mailprov.limits import ConnectionLimiter, FailureThrottle, client_in
+from mailprov.limits import AuthThrottle, ConnectionLimiter, FailureThrottle, LocalAuthThrottle, client_in
 from mailprov.tls import server_context
 from mailprov.users import UserDB
+from mailprov.workers import ChannelLimiter
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a TLS handshake (implicit TLS, STLS, STARTTLS)
 VERIFY_SLOTS = 4  # concurrent argon2id checks (each takes 64 MiB and a core for a fraction of a second)
@@ -116,8 +117,12 @@ class MailServer:
         self.section: Section = getattr(config, self.name)
         self.users = users or UserDB(config.paths.users_file)
         self.ssl_context = ssl_context
+        # Counted here in a single process, and in the master for worker processes (mailprov.workers),
+        # where a worker replaces ``counter`` and ``auth`` with its channel to the master.
         self.throttle = FailureThrottle(self.section.auth_failure_delay, self.section.max_auth_failures)
-        self.counter = ConnectionLimiter(self.section.max_connections, self.section.max_connections_per_client)
+        self.auth: AuthThrottle = LocalAuthThrottle(self.throttle)
+        self.limits = ConnectionLimiter(self.section.max_connections, self.section.max_connections_per_client)
+        self.counter: ConnectionLimiter | ChannelLimiter = self.limits
         self.trusted = [ipaddress.ip_network(n) for n in self.section.plaintext_networks]
         self.default_domain = config.server.domains[0] if len(config.server.domains) == 1 else None
         self.connections: set[MailConnection] = set()
@@ -179,7 +184,8 @@ class MailServer:
 
     async def verify(self, user: str, password: str) -> bool:
         """Check a password in a worker thread, a bounded number at a time."""
-        assert self._verify_slots is not None
+        if self._verify_slots is None:  # a worker process's server, which never binds
+            self._verify_slots = asyncio.Semaphore(VERIFY_SLOTS)
         async with self._verify_slots:
             return await asyncio.to_thread(self.users.verify, user, password)
 
@@ -195,11 +201,11 @@ class MailServer:
                 self.log.error("cannot check passwords: %s", exc)
                 return LoginCheck.ERROR
         if ok:
-            self.throttle.success(client)
+            await self.auth.success(client)
             return LoginCheck.OK
-        delay = self.throttle.fail(client)
-        disconnect = self.throttle.blocked(client)
-        self.log.warning("failed login for %r from %s (%d recent failures)", user[:100], client, self.throttle.failures(client))
+        delay, failures = await self.auth.fail(client)
+        disconnect = failures >= self.section.max_auth_failures  # FailureThrottle.blocked, wherever it counts
+        self.log.warning("failed login for %r from %s (%d recent failures)", user[:100], client, failures)
         await asyncio.sleep(delay)
         return LoginCheck.BAD_DISCONNECT if disconnect else LoginCheck.BAD
 

@@ -104,9 +104,7 @@ def installed(out: Path, *, offline: bool = False) -> dict[str, str]:
         dist = metadata.distribution("mailprov")
     except metadata.PackageNotFoundError:
         raise MailprovError("mailprov is neither a checkout nor an installed distribution here", fix="set mailprov_base_wheel") from None
-    files = sorted(
-        f for f in dist.files or [] if f.parts[0] != ".." and "__pycache__" not in f.parts and f.name not in INSTALL_RECORDS
-    )
+    files = sorted(f for f in dist.files or [] if f.parts[0] != ".." and "__pycache__" not in f.parts and f.name not in INSTALL_RECORDS)
     digest = hashlib.sha256()
     for f in files:
         digest.update(str(f).encode() + b"\0" + Path(dist.locate_file(f)).read_bytes() + b"\0")

@@ -358,4 +358,3 @@ def close_source(source: Source) -> None:
     close = getattr(source, "close", None)
     if close is not None:
         close()
-

@@ -244,7 +244,12 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
     try:
         _qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
         end = 12 + len(question)
-        if not flags & 0x8000 or qdcount != 1 or wire[12:end - 4].lower() != question[:-4].lower() or wire[end - 4 : end] != question[-4:]:
+        if (
+            not flags & 0x8000
+            or qdcount != 1
+            or wire[12 : end - 4].lower() != question[:-4].lower()
+            or wire[end - 4 : end] != question[-4:]
+        ):
             return None
         names: dict[int, dns.name.Name] = {}  # offset -> the name there: most owner names are a pointer to the question's
         cur = end

@@ -167,10 +167,13 @@ class POP3Process:
 
     def start(self, timeout: float = 30) -> POP3Process:
         """Start it and wait (bounded) until it says it is ready."""
-        data = dataclasses.asdict(self.config)
-        data.pop("source", None)
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps(data))
+        if Path(self.config.source).is_file():  # loaded from a file: the child loads it too (and its workers)
+            self.config_file = Path(self.config.source)
+        else:
+            data = dataclasses.asdict(self.config)
+            data.pop("source", None)
+            self.config_file.parent.mkdir(parents=True, exist_ok=True)
+            self.config_file.write_text(json.dumps(data))
         root = Path(__file__).resolve().parents[2]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, str(self.config_file)],
@@ -211,10 +214,11 @@ class POP3Process:
 
 
 def serve_forever(config_file: str, service_class: Any = POP3Service, name: str = "pop3") -> None:
-    """Run ``service_class`` on the JSON configuration until SIGTERM (the child side of POP3Process)."""
-    from mailprov.config import from_dict
+    """Run ``service_class`` on the configuration (JSON, or a ``.toml`` file) until SIGTERM (the child
+    side of POP3Process)."""
+    from mailprov.config import from_dict, load
 
-    config = from_dict(json.loads(Path(config_file).read_text()))
+    config = load(config_file) if config_file.endswith(".toml") else from_dict(json.loads(Path(config_file).read_text()))
     logging.basicConfig(level=logging.WARNING, format=f"{name}-test-server: %(levelname)s %(message)s")
 
     async def main() -> None:

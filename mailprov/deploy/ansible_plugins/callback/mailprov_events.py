@@ -41,7 +41,6 @@ def _message(result: dict) -> str:
     return "\n".join(p for p in parts if p).strip()
 
 
-
 # Our roles run from the mailprov.mail collection; the prefix says nothing to the person reading the log.
 _OWN_COLLECTION = "mailprov.mail."
 
@@ -50,6 +49,7 @@ def _task_name(task) -> str:
     """The task's name as the person wrote it: ``mailprov_base : Create the venv`` (our collection's prefix dropped)."""
     name = task.get_name().strip()
     return name.removeprefix(_OWN_COLLECTION)
+
 
 class CallbackModule(CallbackBase):
     """Emit mailprov's JSON event lines on standard output."""
