@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from mailprov.limits import FailureThrottle
 from mailprov import workers
+from mailprov.limits import FailureThrottle
 
 
 def test_the_masters_count_is_used_and_a_silent_master_falls_back(monkeypatch):
