@@ -299,24 +299,24 @@ def targets(tmp: Path, hashed: str, use_dovecot: bool, processes: int | None = N
         (tmp / "etc" / "users").write_text("".join(f"{u}:{hashed}\n" for u in users))
         port = free_port(HOST)
         sections = {
-                # Worker processes drop to server.user, as in a deployment: Dovecot's mail user, so the
-                # tree handed to Dovecot before its turns is the tree mailprov's workers read too.
-                "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning", "user": MAIL_USER},
-                "paths": {
-                    "mail_dir": str(tmp / "mail"),
-                    "state_dir": str(tmp / "mp-state"),
-                    "queue_dir": str(tmp / "queue"),
-                    "users_file": str(tmp / "etc" / "users"),
-                },
-                "imap": {
-                    "listen": [f"{HOST}:{port}"],
-                    "tls_listen": [f"{HOST}:{free_port(HOST)}"],
-                    "plaintext_networks": ["127.0.0.0/8"],
-                    "max_connections_per_client": 5000,
-                    "max_connections": 5000,
-                    **({"processes": processes} if processes is not None else {}),
-                },
-            }
+            # Worker processes drop to server.user, as in a deployment: Dovecot's mail user, so the
+            # tree handed to Dovecot before its turns is the tree mailprov's workers read too.
+            "server": {"hostname": "bench.test", "domains": ["bench.test"], "log_level": "warning", "user": MAIL_USER},
+            "paths": {
+                "mail_dir": str(tmp / "mail"),
+                "state_dir": str(tmp / "mp-state"),
+                "queue_dir": str(tmp / "queue"),
+                "users_file": str(tmp / "etc" / "users"),
+            },
+            "imap": {
+                "listen": [f"{HOST}:{port}"],
+                "tls_listen": [f"{HOST}:{free_port(HOST)}"],
+                "plaintext_networks": ["127.0.0.0/8"],
+                "max_connections_per_client": 5000,
+                "max_connections": 5000,
+                **({"processes": processes} if processes is not None else {}),
+            },
+        }
         config_file = tmp / "etc" / "mailprov.toml"  # a file, as in production: worker processes load it
         config_file.write_text(render_toml(sections))
         config = load(config_file)
