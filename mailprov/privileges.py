@@ -14,10 +14,10 @@ So, before the drop:
   mail and state directories. When one is out of reach it refuses to start (exit code 2), naming the
   path, the directory that blocks it and the fix.
 
-SMTP worker processes (``smtp.processes`` above 1) are started before the drop; one that dies is
-restarted after it, which needs the interpreter, the code and the configuration file: when those are
-out of the user's reach, :func:`check_access` logs a warning naming them (the service still runs, and
-serves the SMTP sessions in its main process once no worker is left).
+SMTP and IMAP worker processes (``smtp.processes``, ``imap.processes`` above 1) are started before the
+drop; one that dies is restarted after it, which needs the interpreter, the code and the configuration
+file: when those are out of the user's reach, :func:`check_access` logs a warning naming them (the
+service still runs, and serves the sessions in its main process once no worker is left).
 
 Kept apart from the service runner so that worker processes can drop privileges without importing it.
 """
@@ -158,8 +158,14 @@ class Need:
     what: str
 
 
+def worker_services(config: Config, services: list[str]) -> list[str]:
+    """Those of ``services`` that run worker processes (``smtp.processes``, ``imap.processes`` above 1)."""
+    wanted = {"smtp": config.smtp.processes, "imap": config.imap.processes}
+    return [s for s in ("smtp", "imap") if s in services and (wanted[s] or os.cpu_count() or 1) > 1]
+
+
 def needs(config: Config, services: list[str]) -> tuple[list[Need], list[Need]]:
-    """What ``server.user`` must reach after the drop: (required, needed only to restart SMTP workers)."""
+    """What ``server.user`` must reach after the drop: (required, needed only to restart SMTP or IMAP workers)."""
     required = [
         Need(config.paths.users_file, "r", "users file (paths.users_file)"),
         Need(config.paths.aliases_file, "r", "aliases file (paths.aliases_file)"),
@@ -168,8 +174,7 @@ def needs(config: Config, services: list[str]) -> tuple[list[Need], list[Need]]:
         Need(config.paths.state_dir, "rwx", "state directory (paths.state_dir)"),
     ]
     restart: list[Need] = []
-    workers = config.smtp.processes or os.cpu_count() or 1
-    if "smtp" in services and workers > 1 and Path(config.source).is_file():
+    if worker_services(config, services) and Path(config.source).is_file():
         import mailprov
 
         restart = [
@@ -242,23 +247,26 @@ def _probe_as(user: pwd.struct_passwd, items: list[Need]) -> list[str | None]:
 
 def check_access(config: Config, services: list[str]) -> None:
     """When root: refuse to start (exit code 2) if ``server.user`` cannot reach what the services open after
-    the drop, naming the path, what blocks it and the fix; warn when only SMTP worker restarts would fail."""
+    the drop, naming the path, what blocks it and the fix; warn when only worker restarts would fail."""
     if os.geteuid() != 0:
         return
     user = _service_user(config)
     required, restart = needs(config, services)
     results = _probe_as(user, required + restart)
+    pooled = worker_services(config, services)
     problems = [(n, why) for n, why in zip(required, results[: len(required)], strict=True) if why]
     for need, why in zip(restart, results[len(required) :], strict=True):
         if why:
             log.warning(
-                "%s: user %s %s; an SMTP worker that dies cannot be restarted (the main process then serves the sessions"
+                "%s: user %s %s; an %s worker that dies cannot be restarted (the main process then serves the sessions"
                 " itself, on one core; fix: install mailprov where %s can read it,"
-                " as the deploy roles do in /opt/mailprov/venv, or set smtp.processes = 1)",
+                " as the deploy roles do in /opt/mailprov/venv, or set %s)",
                 need.what,
                 user.pw_name,
                 why,
+                " or ".join(s.upper() for s in pooled),
                 user.pw_name,
+                " and ".join(f"{s}.processes = 1" for s in pooled),
             )
     if problems:
         need, why = problems[0]

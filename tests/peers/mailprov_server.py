@@ -267,3 +267,48 @@ def run_mailprov(config_path: Path, *, services: str = "smtp", timeout: float = 
         server._stop(15.0)
         raise RuntimeError(f"mailprov did not start: {exc}\n--- server log ---\n{server.log()}") from None
     return server
+
+
+def children(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (a master's workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def worker_holding(server_pid: int, server: tuple[str, int], client: tuple[str, int]) -> int:
+    """The pid of the worker process (a child of ``server_pid``) holding the server end of the TCP
+    connection ``client`` -> ``server`` (from /proc/net/tcp and each worker's file descriptors)."""
+
+    def hexaddr(ip: str, port: int) -> str:
+        return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
+
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == hexaddr(*server) and fields[2] == hexaddr(*client):
+            inode = fields[9]
+    assert inode, f"no server socket for {client} -> {server}"
+    for pid in children(server_pid):
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        if f"socket:[{inode}]" in links:
+            return pid
+    raise AssertionError(f"no worker of {server_pid} holds socket {inode}")

@@ -19,7 +19,7 @@ import pytest
 from mailprov import users
 from mailprov.limits import FailureThrottle
 from mailprov.users import UserDB
-from tests.peers.mailprov_server import MailprovTree, run_mailprov
+from tests.peers.mailprov_server import MailprovTree, run_mailprov, worker_holding
 from tests.security.conftest import insecure_context, next_ip
 
 pytestmark = [pytest.mark.peers]
@@ -190,31 +190,6 @@ def test_no_password_or_secret_in_any_log(mta) -> None:
         assert pem not in text, "the TLS private key appears in the log"
 
 
-def _server_worker(server_pid: int, server: tuple[str, int], client: tuple[str, int]) -> int:
-    """The pid of the SMTP worker process holding the server end of the TCP connection ``client`` -> ``server``
-    (from /proc/net/tcp and each worker's file descriptors)."""
-
-    def hexaddr(ip: str, port: int) -> str:
-        return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
-
-    inode = ""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == hexaddr(*server) and fields[2] == hexaddr(*client):
-            inode = fields[9]
-    assert inode, f"no server socket for {client} -> {server}"
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
-                continue
-            links = [str(fd.readlink()) for fd in (stat.parent / "fd").iterdir()]
-        except (OSError, IndexError, ValueError):
-            continue
-        if f"socket:[{inode}]" in links:
-            return int(stat.parent.name)
-    raise AssertionError(f"no worker of {server_pid} holds socket {inode}")
-
-
 def test_smtp_auth_failures_are_counted_across_worker_processes() -> None:
     """smtp.max_auth_failures is per client address, not per worker: with two workers an attacker that
     spreads its attempts over both still gets 5 in all (addresses 127.0.17.10 and .50)."""
@@ -231,7 +206,7 @@ def test_smtp_auth_failures_are_counted_across_worker_processes() -> None:
         # Two sessions held open at once: the master hands the second to the other (less busy) worker.
         sessions = [smtps(tree, "127.0.17.50") for _ in range(2)]
         address = (tree.ip, tree.ports["submissions"])
-        served_by = {_server_worker(server.proc.pid, address, s.sock.getsockname()) for s in sessions}
+        served_by = {worker_holding(server.proc.pid, address, s.sock.getsockname()) for s in sessions}
         assert len(served_by) == 2, "the two sessions should be served by the two workers"
 
         def attempt(session: smtplib.SMTP_SSL, password: str) -> int:

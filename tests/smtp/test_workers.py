@@ -12,31 +12,10 @@ import smtplib
 import socket
 import ssl
 import time
-from pathlib import Path
 
-from tests.peers.mailprov_server import MailprovTree, run_mailprov
+from tests.peers.mailprov_server import MailprovTree, alive, children, run_mailprov
 
 IP = "127.0.3.19"
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_sessions_spread_over_workers_and_workers_die_with_the_master():
