@@ -55,9 +55,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mailprov import config as config_mod
 from mailprov.config import Config, parse_hostport
 from mailprov.errors import MailprovError
 from mailprov.limits import ConnectionLimiter, FailureThrottle
+from mailprov.logsetup import setup_logging
+from mailprov.tls import certificate_paths, reloader
 
 log = logging.getLogger("mailprov.workers")
 MESSAGE_MAX = 512
@@ -131,7 +134,6 @@ class WorkerPool:
         self,
         config: Config,
         count: int,
-        tls_fd: int,
         *,
         service: str,
         refusal: Callable[[str, str], bytes | None],
@@ -149,7 +151,7 @@ class WorkerPool:
         self.connections = connections
         self.auth_failures = auth_failures
         self.count = count
-        self.tls_fd = tls_fd
+        self.tls_fd: int | None = None  # the certificate and key for the workers (spawn reads them, as root)
         self.workers: list[_Worker | None] = [None] * count
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -157,9 +159,10 @@ class WorkerPool:
 
     async def spawn(self) -> None:
         """Start the workers (before the privilege drop: each drops to ``server.user`` itself once it has
-        loaded everything, as the master does)."""
-        from mailprov.tls import reloader
-
+        loaded everything, as the master does). The certificate and key are read now, into a memfd the
+        workers inherit: the key file may stay readable by root only."""
+        cert, key = certificate_paths(self.config)
+        self.tls_fd = tls_memfd(str(cert), str(key))
         for i in range(self.count):
             await self._spawn(i)
         watcher = reloader(self.config)
@@ -195,6 +198,7 @@ class WorkerPool:
         return [w.proc.pid for w in self.workers if w is not None and w.proc.returncode is None]
 
     async def _spawn(self, index: int) -> None:
+        assert self.tls_fd is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -347,6 +351,9 @@ class WorkerPool:
             with contextlib.suppress(OSError):
                 worker.channel.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.tls_fd is not None:
+            os.close(self.tls_fd)
+            self.tls_fd = None
 
 
 class ChannelLimiter:
@@ -474,6 +481,15 @@ async def serve_channel(
         loop.remove_reader(channel_fd)
 
 
+def worker_main(argv: list[str], run: Callable[[str, int, int], Awaitable[None]]) -> int:
+    """The body of ``python -m mailprov.<service>.workers CONFIG CHANNEL_FD TLS_FD``: logging as the
+    configuration says, then ``run(CONFIG, CHANNEL_FD, TLS_FD)`` until it returns."""
+    setup_logging(config_mod.load(argv[0]))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(argv[0], int(argv[1]), int(argv[2])))  # type: ignore[arg-type]
+    return 0
+
+
 __all__ = [
     "ChannelAuthThrottle",
     "ChannelLimiter",
@@ -483,4 +499,5 @@ __all__ = [
     "context_from_fd",
     "serve_channel",
     "tls_memfd",
+    "worker_main",
 ]

@@ -19,9 +19,9 @@ from mailprov.config import Config
 from mailprov.imap.server import IMAPServer
 from mailprov.imap.workers import MODES, refusal
 from mailprov.listeners import HANDSHAKE_TIMEOUT, ListenerService
-from mailprov.tls import certificate_paths, server_context
+from mailprov.tls import server_context
 from mailprov.users import UserDB
-from mailprov.workers import WorkerPool, bind_sockets, tls_memfd
+from mailprov.workers import WorkerPool, bind_sockets
 
 
 def process_count(config: Config) -> int:
@@ -47,7 +47,6 @@ class IMAPService(ListenerService):
         self.pool: WorkerPool | None = None
         self.ready = asyncio.Event()
         self._listeners: list[tuple[str, socket.socket]] = []
-        self._tls_fd: int | None = None
         self._fallback: set[asyncio.Task[object]] = set()
 
     @property
@@ -69,12 +68,9 @@ class IMAPService(ListenerService):
         modes = [("imap", a) for a in imap.listen] + [("imaps", a) for a in imap.tls_listen]
         self._listeners = bind_sockets("imap", modes, self.server.log)
         try:
-            cert, key = certificate_paths(self.config)
-            self._tls_fd = tls_memfd(str(cert), str(key))  # read while still root
             self.pool = WorkerPool(
                 self.config,
                 self.processes,
-                self._tls_fd,
                 service="imap",
                 refusal=refusal,
                 connections=self.server.limits,
@@ -127,6 +123,3 @@ class IMAPService(ListenerService):
         for _, sock in self._listeners:
             sock.close()
         self._listeners.clear()
-        if self._tls_fd is not None:
-            os.close(self._tls_fd)
-            self._tls_fd = None

@@ -16,7 +16,6 @@ reported by the sessions of another at their next command (RFC 3501 5.2, 7.4.1).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import sys
@@ -26,9 +25,8 @@ from mailprov import config as config_mod
 from mailprov.imap.server import IMAPServer
 from mailprov.limits import FailureThrottle
 from mailprov.listeners import HANDSHAKE_TIMEOUT
-from mailprov.logsetup import setup_logging
 from mailprov.privileges import drop_privileges, preload
-from mailprov.workers import ChannelAuthThrottle, ChannelLimiter, context_from_fd, serve_channel
+from mailprov.workers import ChannelAuthThrottle, ChannelLimiter, context_from_fd, serve_channel, worker_main
 
 MODES = {"imap": False, "imaps": True}  # listener mode -> implicit TLS
 
@@ -69,14 +67,5 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     await server.stop()
 
 
-def main(argv: list[str]) -> int:
-    """``python -m mailprov.imap.workers CONFIG CHANNEL_FD TLS_FD``."""
-    config = config_mod.load(argv[0])
-    setup_logging(config)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(argv[0], int(argv[1]), int(argv[2])))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(worker_main(sys.argv[1:], run_worker))

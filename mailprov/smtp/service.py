@@ -28,8 +28,8 @@ from mailprov.queue.store import STATES, QueueStore
 from mailprov.smtp.context import SMTPContext, open_directory
 from mailprov.smtp.server import bind_listeners, create_servers, end_sessions, make_factory
 from mailprov.smtp.workers import refusal
-from mailprov.tls import certificate_paths, server_context
-from mailprov.workers import WorkerPool, tls_memfd
+from mailprov.tls import server_context
+from mailprov.workers import WorkerPool
 
 log = logging.getLogger("mailprov.smtp")
 DROP_WAIT = 30.0  # seconds to wait for 'mailprov serve' to drop privileges before working anyway
@@ -61,7 +61,6 @@ class SMTPService:
         self.servers: list[asyncio.Server] = []
         self.pool: WorkerPool | None = None
         self._listeners: list[tuple[str, socket.socket]] = []
-        self._tls_fd: int | None = None
         self.ready = asyncio.Event()
         self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
         self._go_task: asyncio.Task[None] | None = None
@@ -86,12 +85,9 @@ class SMTPService:
         tls_context = server_context(self.config)  # generates a self-signed certificate if needed
         self._listeners = bind_listeners(self.config)
         if self.processes > 1:
-            cert, key = certificate_paths(self.config)
-            self._tls_fd = tls_memfd(str(cert), str(key))  # read while still root
             self.pool = WorkerPool(
                 self.config,
                 self.processes,
-                self._tls_fd,
                 service="smtp",
                 refusal=functools.partial(refusal, self.config.server.hostname),
                 handlers={"Q": self.runner.notify},
@@ -166,8 +162,5 @@ class SMTPService:
             await end_sessions(5.0)
         for _, sock in self._listeners:
             sock.close()
-        if self._tls_fd is not None:
-            os.close(self._tls_fd)
-            self._tls_fd = None
         await self.runner.stop()
         self.io.close()

@@ -23,14 +23,13 @@ from mailprov import config as config_mod
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
 from mailprov.limits import FailureThrottle
-from mailprov.logsetup import setup_logging
 from mailprov.privileges import drop_privileges, preload
 from mailprov.queue.diskio import DiskIO
 from mailprov.queue.intake import Intake
 from mailprov.queue.store import QueueItem, QueueStore
 from mailprov.smtp.context import SMTPContext, open_directory
 from mailprov.smtp.server import end_sessions, make_factory
-from mailprov.workers import ChannelAuthThrottle, ChannelLimiter, context_from_fd, serve_channel
+from mailprov.workers import ChannelAuthThrottle, ChannelLimiter, context_from_fd, serve_channel, worker_main
 
 log = logging.getLogger("mailprov.smtp")
 
@@ -88,14 +87,5 @@ async def run_worker(config_path: str, channel_fd: int, tls_fd: int) -> None:
     io.close()
 
 
-def main(argv: list[str]) -> int:
-    """``python -m mailprov.smtp.workers CONFIG CHANNEL_FD TLS_FD``."""
-    config = config_mod.load(argv[0])
-    setup_logging(config)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(argv[0], int(argv[1]), int(argv[2])))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(worker_main(sys.argv[1:], run_worker))
