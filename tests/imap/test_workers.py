@@ -119,6 +119,10 @@ def test_sessions_in_two_workers_see_each_others_changes_and_idle_wakes_in_both(
     finally:
         for c in (a, b):
             c.logout()
+    # Both workers dropped to nobody after loading: nothing was imported from the checkout later.
+    log = server.log()
+    assert log.count("dropped privileges to nobody") >= 3, log  # the master and each worker
+    assert "after dropping privileges" not in log
 
 
 def test_connection_limit_and_login_throttle_count_across_workers(served):
