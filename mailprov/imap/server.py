@@ -158,10 +158,13 @@ class Connection(MailConnection):
         if self._busy or self._closed:
             return
         if self._idle_tag is not None:
-            line = self.reader.next_line()
-            if line is not None and self._idle_stop is not None:
-                self._idle_line = line
-                self._idle_stop.set()
+            # One line ends IDLE (RFC 2177: DONE). What follows it before the IDLE task has finished is the
+            # client's next command: it stays in the buffer for after IDLE, never taken for an IDLE line.
+            if self._idle_stop is not None and not self._idle_stop.is_set():
+                line = self.reader.next_line()
+                if line is not None:
+                    self._idle_line = line
+                    self._idle_stop.set()
             return
         if self._auth_tag is not None:
             line = self.reader.next_line()

@@ -3,6 +3,7 @@ metadata FETCH path, and SELECT answered from the per-process folder cache (mail
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from mailprov.imap import store as store_module
 from mailprov.imap.parser import CommandReader, Complete, parse_command
 from mailprov.imap.session import Session
 from mailprov.imap.store import UIDLIST, Store
+from tests.imap.conftest import PASSWORD
 
 
 class Out(list):
@@ -174,3 +176,73 @@ def test_after_a_delivery_the_first_view_scans_and_the_others_take_its_result(tm
     assert len(tablet.sync()[0]) == 5
     for view in (phone, desktop, tablet):
         view.close()
+
+
+class _Transport(asyncio.Transport):
+    """Just enough of an asyncio transport for a Connection: what is written is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_command_right_after_done_is_kept_for_after_idle_rfc2177(imap_config) -> None:
+    """RFC 2177: DONE ends IDLE and the client may send its next command at once. When that command
+    arrives (its own segment) before the IDLE task has finished, it is kept for after IDLE, not taken for
+    a second line of the IDLE: that lost it (its tag never answered, the client hung; seen with 1,000
+    IDLE sessions ending at once in bench/imap.py). The two segments are fed back to back here, which is
+    the race made certain."""
+    from mailprov.imap.server import Connection, IMAPServer
+
+    async def scenario() -> bytes:
+        server = IMAPServer(imap_config())
+        transport = _Transport()
+        conn = Connection(server, implicit_tls=False)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+
+        async def until(tag: bytes) -> None:
+            for _ in range(500):  # bounded: 5 s
+                if tag in transport.out:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"no {tag!r} in {bytes(transport.out)!r}")
+
+        conn.data_received(b'L LOGIN john@example.test "' + PASSWORD.encode() + b'"\r\n')
+        await until(b"L OK")
+        conn.data_received(b"S SELECT INBOX\r\n")
+        await until(b"S OK")
+        conn.data_received(b"I IDLE\r\n")
+        await until(b"+ idling")
+        conn.data_received(b"DONE\r\n")
+        conn.data_received(b"N NOOP\r\n")
+        await until(b"N OK")
+        conn.connection_lost(None)
+        await server.stop()
+        return bytes(transport.out)
+
+    out = asyncio.run(scenario())
+    assert b"I OK IDLE terminated" in out and b"BAD" not in out
