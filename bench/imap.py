@@ -104,6 +104,7 @@ class Client:
         """LOGOUT and close."""
         with contextlib.suppress(OSError, RuntimeError, ConnectionError):
             self.command("LOGOUT")
+        self.file.close()  # the buffered reader holds the socket open too
         self.sock.close()
 
 
