@@ -2,7 +2,7 @@
 
 The test plays the service manager's side: a datagram socket whose path goes to the service in
 ``NOTIFY_SOCKET``, as systemd does for a ``Type=notify`` unit. ``READY=1`` must arrive only once every
-listening address accepts (for SMTP with worker processes: once every worker said it is ready), and
+listening address accepts (for SMTP and IMAP with worker processes: once every worker said it is ready), and
 ``STOPPING=1`` when SIGTERM ends the service. Started as root, the service binds, then drops to ``nobody``
 before it says it is ready. (The booted-systemd proof, where the unit's ``User=`` runs it as mailprov
 from the start, is tests/deploy/test_systemd.py.)
@@ -42,12 +42,12 @@ def tree() -> Iterator[Path]:
 
 def _config(root: Path, service: str) -> Path:
     user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    section = (
-        f'[smtp]\nlisten = ["{ADDRESS}:3025"]\nsubmission_listen = ["{ADDRESS}:3587"]\n'
-        f'submissions_listen = ["{ADDRESS}:3465"]\nprocesses = 2\n'
-        if service == "smtp"
-        else f'[pop3]\nlisten = ["{ADDRESS}:3110"]\ntls_listen = ["{ADDRESS}:3995"]\n'
-    )
+    section = {
+        "smtp": f'[smtp]\nlisten = ["{ADDRESS}:3025"]\nsubmission_listen = ["{ADDRESS}:3587"]\n'
+        f'submissions_listen = ["{ADDRESS}:3465"]\nprocesses = 2\n',
+        "pop3": f'[pop3]\nlisten = ["{ADDRESS}:3110"]\ntls_listen = ["{ADDRESS}:3995"]\n',
+        "imap": f'[imap]\nlisten = ["{ADDRESS}:3143"]\ntls_listen = ["{ADDRESS}:3993"]\nprocesses = 2\n',
+    }[service]
     path = root / f"{service}.toml"
     path.write_text(
         f'[server]\nhostname = "mail.notify.test"\ndomains = ["notify.test"]\nuser = "{user}"\n'
@@ -66,7 +66,7 @@ def _accepts(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize(("service", "ports"), [("pop3", (3110, 3995)), ("smtp", (3025, 3587, 3465))])
+@pytest.mark.parametrize(("service", "ports"), [("pop3", (3110, 3995)), ("smtp", (3025, 3587, 3465)), ("imap", (3143, 3993))])
 def test_ready_only_when_every_listener_accepts_and_stopping_on_sigterm(tree: Path, service: str, ports: tuple[int, ...]) -> None:
     config = _config(tree, service)
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
