@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.checker import CheckOptions, run_checks
 from mailprov.dns.dnssec import parse_trust_anchors
 from tests.dns.dnssec_lab import SigningKnot
 from tests.peers.knot import KnotServer, free_port
@@ -68,7 +68,7 @@ def run(domains: list[str], domain_concurrency: int, server: tuple[str, int], an
     if anchor:
         options.dnssec, options.anchors = True, parse_trust_anchors(anchor)
     start, cpu = time.perf_counter(), time.process_time()
-    report = asyncio.run(check_domains(domains, options))
+    report = run_checks(domains, options)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     bad = sum(1 for d in report.domains if d.verdict not in ("pass", "warn"))
     return elapsed, cpu, bad

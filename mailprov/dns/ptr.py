@@ -29,7 +29,7 @@ async def check_address(source: Source, address: str, *, expect_host: str | None
     answer = await source.query(reverse, "PTR")
     if answer.error:
         return [answer.as_error("ptr", str(ip))]
-    names = [rd.target.to_text() for rd in answer.records]
+    names = [rd.target for rd in answer.records]
     if not names:
         return [
             CheckResult(
