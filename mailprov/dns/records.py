@@ -25,12 +25,14 @@ from typing import NamedTuple
 import dns.exception
 import dns.ipv6
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 MAX_POINTER_HOPS = 16  # as dnspython (dns.name.MAX_COMPRESSION_POINTER_CHAIN)
 _NAME_SPECIAL = re.compile(rb'[^\x21-\x7e]|["().;\\@$]')  # a label byte dnspython writes escaped
 _STRING_SPECIAL = re.compile(rb'[^\x20-\x7e]|["\\]')  # a character-string byte dnspython writes escaped
 _SOA_TAIL = struct.Struct("!IIIII")
+_DIGEST_SIZE = {1: 32, 2: 64}  # TLSA matching types SHA2-256 and SHA2-512 (RFC 6698 2.1.3)
 
 
 class A(NamedTuple):
@@ -218,7 +220,7 @@ def read_name(wire: bytes, cur: int, end: int) -> tuple[str, int]:
 
 
 def decode(rdtype: int, wire: bytes, cur: int, rdlen: int) -> Value | None:
-    """The value of the record whose data is ``wire[cur:cur + rdlen]``, or None for a type left to dnspython.
+    """The value of the class IN record whose data is ``wire[cur:cur + rdlen]``, or None for a type left to dnspython.
 
     FormError when the data is malformed (wrong length, a bad name, data left over), as dnspython would.
     """
@@ -268,13 +270,15 @@ def decode(rdtype: int, wire: bytes, cur: int, rdlen: int) -> Value | None:
     if rdtype == 52:  # TLSA
         if rdlen < 3:
             raise dns.exception.FormError("TLSA record data too short")
+        if _DIGEST_SIZE.get(wire[cur + 2], rdlen - 3) != rdlen - 3:  # as dnspython refuses it
+            raise dns.exception.FormError("TLSA digest of the wrong length for its matching type")
         return TLSA(wire[cur], wire[cur + 1], wire[cur + 2], wire[cur + 3 : end])
     return None
 
 
 def from_rdata(rd: dns.rdata.Rdata) -> Value | dns.rdata.Rdata:
-    """The value for a record dnspython parsed (zone files, TCP), or the Rdata itself for the other types."""
-    t = rd.rdtype
+    """The value for a record dnspython parsed (zone files, TCP), or the Rdata itself for the other types and classes."""
+    t = rd.rdtype if rd.rdclass == dns.rdataclass.IN else 0
     if t == 1:
         return A(rd.address)  # type: ignore[attr-defined]
     if t == 28:

@@ -283,12 +283,13 @@ def _record_sets(wire: bytes, cur: int, count: int) -> tuple[list[RecordSet], in
         else:
             cur = _skip_name(wire, cur)
         rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+        ttl = ttl if ttl <= _MAX_TTL else 0
         cur += 10
         if cur + rdlen > size:
             raise dns.exception.FormError("record beyond the end of the message")
-        value = decode(rdtype, wire, cur, rdlen)
+        value = decode(rdtype, wire, cur, rdlen) if rdclass == dns.rdataclass.IN else None
         covers = 0
-        if value is None:  # a type the checks do not read: dnspython parses it
+        if value is None:  # a type (or class) the checks do not read: dnspython parses it
             value = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
             covers = value.covers()
         cur += rdlen
@@ -311,7 +312,7 @@ def _negative_ttl(wire: bytes, cur: int, count: int) -> tuple[int, int | None]:
         rdtype, _rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
         cur += 10 + rdlen
         if rdtype == dns.rdatatype.SOA and rdlen >= 22 and negative_ttl is None:
-            negative_ttl = min(ttl, int.from_bytes(wire[cur - 4 : cur], "big"))
+            negative_ttl = min(ttl if ttl <= _MAX_TTL else 0, int.from_bytes(wire[cur - 4 : cur], "big"))
     return cur, negative_ttl
 
 
@@ -331,6 +332,7 @@ def _rrsets(wire: bytes, cur: int, count: int) -> tuple[list[dns.rrset.RRset], i
         else:
             cur = _skip_name(wire, cur)
         rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+        ttl = ttl if ttl <= _MAX_TTL else 0
         cur += 10
         if cur + rdlen > len(wire):
             raise dns.exception.FormError("record beyond the end of the message")
@@ -378,6 +380,7 @@ def _values(rrset: RecordSet | dns.rrset.RRset) -> tuple | list:
 
 
 _HEADER = struct.Struct("!HHHHHH")
+_MAX_TTL = 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set counts as zero (as dnspython reads it)
 _RR = struct.Struct("!HHIH")
 
 
