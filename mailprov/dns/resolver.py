@@ -14,6 +14,7 @@ Answer with ``error`` set, naming the server and the query.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import re
@@ -418,6 +419,47 @@ class _Mux(asyncio.DatagramProtocol):
         self.error_received(exc or ConnectionError("socket closed"))
 
 
+class Slots:
+    """At most ``limit`` holders at once; the others wait in line (first come, first served).
+
+    Used as ``await slots.acquire()`` ... ``slots.release()``. An uncontended acquire does not yield to the
+    loop. It replaces ``asyncio.Semaphore``, whose ``acquire`` on Python 3.11 scans every waiter
+    (``locked()``) each time: with hundreds of queries waiting that cost a tenth of the checker's CPU.
+    A released slot passes straight to the first waiter; a waiter cancelled after it was handed one
+    passes it on, so no slot is ever lost.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one if all are held."""
+        if self.held < self.limit and not self._waiters:
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: ``held`` does not change
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, then cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.held -= 1
+
+
 class _Abandoned(Exception):
     """The asker of a shared query was cancelled before the answer came: the others ask again."""
 
@@ -443,7 +485,7 @@ class NetworkSource:
         self.timeout = timeout
         self.recursion = recursion
         self.description = ", ".join(fmt_server(h, p) for h, p in servers)
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = Slots(concurrency)
         self._cache: dict[tuple[str, str, bool], asyncio.Future[Answer]] | None = {} if cache else None
         self._muxes: dict[tuple[str, int], list[_Mux]] = {}
         self._next = 0
@@ -533,7 +575,8 @@ class NetworkSource:
 
     async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
         failures: list[str] = []
-        async with self._limit:
+        await self._limit.acquire()
+        try:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
@@ -548,6 +591,8 @@ class NetworkSource:
                     failures.append(f"{server}: {dns.rcode.to_text(reply.rcode)}")
                     continue
                 return _from_reply(qname, rdtype, server, reply, dnssec)
+        finally:
+            self._limit.release()
         return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
 
 

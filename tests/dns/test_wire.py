@@ -343,3 +343,40 @@ def test_forged_and_stray_replies_are_dropped() -> None:
 
     attacker = None
     asyncio.run(main())
+
+
+def test_query_slots_are_bounded_first_come_first_served_and_never_lost() -> None:
+    """The resolver's cap on queries in flight: waiters are served in order, and a waiter cancelled before or after
+    it was handed a slot loses no slot (the cap would otherwise shrink for the rest of the run)."""
+    import asyncio
+
+    from mailprov.dns.resolver import Slots
+
+    async def main() -> None:
+        slots = Slots(2)
+        await slots.acquire()
+        await slots.acquire()
+        assert slots.held == 2
+        order: list[str] = []
+
+        async def take(name: str) -> None:
+            await slots.acquire()
+            order.append(name)
+
+        waiting = {n: asyncio.ensure_future(take(n)) for n in ("a", "b", "c", "d")}
+        await asyncio.sleep(0)
+        waiting["b"].cancel()  # cancelled while waiting: leaves the line
+        await asyncio.sleep(0)
+        slots.release()  # to a
+        slots.release()  # to c (b is gone) ...
+        waiting["c"].cancel()  # ... but c is cancelled before it runs: it passes the slot on to d
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert order == ["a", "d"] and slots.held == 2
+        slots.release()
+        slots.release()
+        assert slots.held == 0
+        await slots.acquire()  # free again at once
+        assert slots.held == 1
+
+    asyncio.run(main())
