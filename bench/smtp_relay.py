@@ -79,7 +79,7 @@ class Sink:
                     outer.count += 1
                     return "250 OK"
 
-            self.controller = Controller(Handler(), hostname=SINK_IP, port=SINK_PORT)
+            self.controller = Controller(Handler(), hostname=SINK_IP, port=SINK_PORT, server_hostname="sink.bench.test")
             self.controller.start()
         time.sleep(0.3)
         return self

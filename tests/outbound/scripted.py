@@ -114,6 +114,7 @@ class ScriptedPeer:
         data_size_limit: int = 33554432,
         smtputf8: bool = True,
         pipelining: bool = True,
+        server_hostname: str = "scripted-peer.test",
     ) -> None:
         self.handler = ScriptedHandler(script or Script(), pipelining)
         kwargs: dict[str, Any] = {"data_size_limit": data_size_limit, "ident": "scripted-peer", "enable_SMTPUTF8": smtputf8}
@@ -123,7 +124,11 @@ class ScriptedPeer:
             kwargs["ssl_context"] = implicit_tls
         if credentials is not None:
             kwargs.update(authenticator=self._authenticator(credentials), auth_require_tls=False)
-        self.controller = Controller(self.handler, hostname=address, port=port, ready_timeout=5, **kwargs)
+        # A host name for the banner: without one aiosmtpd asks socket.getfqdn() on every connection, a DNS
+        # lookup that a machine with no reachable resolver (Debian 13 here) lets hang for 5 s.
+        self.controller = Controller(
+            self.handler, hostname=address, port=port, ready_timeout=5, server_hostname=server_hostname, **kwargs
+        )
 
     def _authenticator(self, credentials: tuple[str, str]):
         def check(server, session, envelope, mechanism, auth_data):

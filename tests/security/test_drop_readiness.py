@@ -76,7 +76,7 @@ def private_code() -> Iterator[Path]:
 def remote_mx() -> Iterator[tuple[Sink, int, str]]:
     """The receiving MX on 127.0.18.20 and an authoritative server for remote.test on 127.0.18.53."""
     sink, port, dns_port = Sink(), free_port(MX_IP), free_port(DNS_IP)
-    controller = Controller(sink, hostname=MX_IP, port=port)
+    controller = Controller(sink, hostname=MX_IP, port=port, server_hostname="mail.remote.test")
     controller.start()
     zone_dir = Path(tempfile.mkdtemp(prefix="mailprov-zone-"))
     (zone_dir / "remote.test.zone").write_text(ZONE.format(mx=MX_IP))
