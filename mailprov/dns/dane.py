@@ -6,9 +6,9 @@ for SMTP (DANE-TA(2) or DANE-EE(3); the PKIX usages 0 and 1 are not, RFC 7672 3.
 the next key is published beside the current one (RFC 7671 8.1, so a key change never breaks delivery),
 and, when ``--tls`` fetched it, that the certificate chain the MX serves matches a record: DANE-EE(3)
 against the certificate, DANE-TA(2) against the chain up to the anchor, with name checks (RFC 7671 5.2,
-RFC 7672 3.1.2, 3.2). A ``2 1 0`` record holds the anchor's whole public key, so the server may leave the
-anchor's certificate out of its chain (RFC 7671 5.2.2): the top certificate it sends is then checked
-against that key (the signature, with ``cryptography``).
+RFC 7672 3.1.2, 3.2). A ``2 1 0`` record holds the anchor's whole public key (``2 0 0``: its whole
+certificate), so the server may leave the anchor's certificate out of its chain (RFC 7671 5.2.2): the top
+certificate it sends is then checked against the anchor (the signature, with ``cryptography``).
 
 :func:`tlsa_for_certificate` computes the recommended ``3 1 1`` record for a certificate
 (``mailprov dns plan --tlsa-from CERT``).
@@ -118,15 +118,15 @@ def dane_ta_problem(
     leaf must chain up to it within the presented certificates, each signed by the next (a CA certificate),
     and each below the anchor within its validity period; the leaf must name the MX host (name checks apply
     to DANE-TA, RFC 7672 3.2.2). The server must send the anchor's certificate (RFC 7671 5.2.2), unless the
-    record holds the anchor's full public key (``2 1 0``): then the chain climbs as far as the presented CA
-    certificates go, and the certificate where it stops must be signed by that key (its name cannot be
-    compared: the record holds no name).
+    record holds the anchor in full (``2 1 0``: its public key; ``2 0 0``: its certificate): then the chain
+    climbs as far as the presented CA certificates go, and the certificate where it stops must be issued
+    by that anchor (signed by the key; with a certificate, also its issuer name the anchor's subject).
     """
     if usage != 2:
         return f"{usage} {selector} {matching} is not a DANE-TA record"
     record = f"{usage} {selector} {matching}"
     anchors = [c for c in chain[1:] if association(c, selector, matching) == data]
-    key = _full_key(selector, matching, data) if not anchors else None
+    key = _full_anchor(selector, matching, data) if not anchors else None
     if not anchors and key is None:
         return f"no certificate the server sent matches the DANE-TA record {record} (RFC 7671 5.2.2: the server must send it)"
     path: list = [chain[0]]  # from the leaf up to the anchor (a certificate, or the record's key)
@@ -137,9 +137,10 @@ def dane_ta_problem(
             None,
         )
         if issuer is None and key is not None:
-            if not _signed_by_key(current, key):
+            if not (_signed_by(current, key) if isinstance(key, x509.Certificate) else _signed_by_key(current, key)):
                 who = current.subject.rfc4514_string()
-                return f"the certificate of {who}, the top of the chain the server sent, is not signed by the DANE-TA {record} key"
+                anchor = "key" if selector == 1 else "certificate"
+                return f"the certificate of {who}, the top of the chain the server sent, is not signed by the DANE-TA {record} {anchor}"
             path.append(key)  # the anchor, above the last certificate: every certificate on the path is below it
             break
         if issuer is None:
@@ -164,12 +165,15 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _full_key(selector: int, matching: int, data: bytes) -> PublicKey | None:
-    """The public key a ``2 1 0`` record holds (DER SubjectPublicKeyInfo, RFC 6698 2.1.2), or None."""
-    if selector != 1 or matching != 0:
+def _full_anchor(selector: int, matching: int, data: bytes) -> x509.Certificate | PublicKey | None:
+    """The anchor a record holds in full (``2 0 0``: the certificate; ``2 1 0``: the DER SubjectPublicKeyInfo,
+    RFC 6698 2.1.2), which the server need not send (RFC 7671 5.2.2); None for a digest or unreadable data."""
+    if matching != 0:
         return None
     try:
-        key = serialization.load_der_public_key(data)
+        if selector == 0:
+            return x509.load_der_x509_certificate(data)
+        key = serialization.load_der_public_key(data) if selector == 1 else None
     except (ValueError, UnsupportedAlgorithm):
         return None
     return key if isinstance(key, PublicKey) else None

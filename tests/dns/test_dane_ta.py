@@ -142,8 +142,9 @@ def test_the_anchor_must_be_sent_by_the_server(ca: Chain) -> None:
 
 
 def test_a_full_key_record_lets_the_server_leave_its_anchor_out(ca: Chain) -> None:
-    """RFC 7671 5.2.2: with ``2 1 0`` (the anchor's whole public key) the server may omit the anchor's certificate;
-    the top certificate it sends must then be signed by that key. Dates and the MX name are still checked."""
+    """RFC 7671 5.2.2: with ``2 1 0`` (the anchor's whole public key) or ``2 0 0`` (its whole certificate) the server
+    may omit the anchor's certificate; the top certificate it sends must then be issued by it. Dates and the MX
+    name are still checked."""
     leaf = ca.leaf("mail.ta.test")
     root_key, inter_key = _record(ca.root, matching=0), _record(ca.inter, matching=0)
     ok, how = chain_match([root_key], _der(leaf, ca.inter), "mail.ta.test", NOW)  # the root left out
@@ -158,6 +159,11 @@ def test_a_full_key_record_lets_the_server_leave_its_anchor_out(ca: Chain) -> No
     assert not ok and "(RFC 7672 3.2.3 name check)" in why
     ok, why = chain_match([root_key], _der(ca.leaf("mail.ta.test", days=(-60, -30)), ca.inter), "mail.ta.test", NOW)
     assert not ok and "outside its validity" in why
+    # The whole certificate (2 0 0) may be left out too: its key signs, and its subject is the issuer's name.
+    root_cert = _record(ca.root, selector=0, matching=0)
+    assert chain_match([root_cert], _der(leaf, ca.inter), "mail.ta.test", NOW)[0]
+    ok, why = chain_match([root_cert], _der(leaf), "mail.ta.test", NOW)
+    assert not ok and "is not signed by the DANE-TA 2 0 0 certificate" in why, why
     # The digest of a key the server left out cannot be checked: only the full key can (RFC 7671 5.2.2).
     ok, why = chain_match([_record(ca.root)], _der(leaf, ca.inter), "mail.ta.test", NOW)
     assert not ok and "the server must send it" in why
