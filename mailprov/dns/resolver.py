@@ -273,7 +273,7 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
 def _record_sets(wire: bytes, cur: int, count: int) -> tuple[list[RecordSet], int]:
     """``count`` records from ``cur`` as record sets of :mod:`mailprov.dns.records` values, and the offset after them."""
     names: dict[int, str] = {}  # offset -> the name there: most owner names are a pointer to the question's
-    sets: dict[tuple, list] = {}  # (owner in lower case, class, type, covered type) -> [owner, ttl, records]
+    sets: dict[tuple, list] = {}  # (owner in lower case, class, type, covered type) -> [owner, ttl, {record: None}]
     size = len(wire)
     for _ in range(count):
         at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
@@ -297,11 +297,10 @@ def _record_sets(wire: bytes, cur: int, count: int) -> tuple[list[RecordSet], in
         key = (name.lower(), rdclass, rdtype, covers)
         entry = sets.get(key)
         if entry is None:
-            sets[key] = [name, ttl, [value]]
+            sets[key] = [name, ttl, {value: None}]
         else:
             entry[1] = min(entry[1], ttl)
-            if value not in entry[2]:
-                entry[2].append(value)
+            entry[2][value] = None  # a record repeated in the section is one record (RFC 2181 5)
     return [RecordSet(name, ttl, key[2], tuple(values), key[3]) for key, (name, ttl, values) in sets.items()], cur
 
 
