@@ -4,8 +4,10 @@
 UDP over a small pool of connected sockets per server (random source ports and IDs; an answer must match
 the question), TCP (dnspython's asyncquery) when truncated, each server in turn, a bounded number of
 queries in flight, and each ``(name, type)`` asked once per run (concurrent askers share the one query).
-Messages are parsed by dnspython. dnspython's own stub resolver is not used: it opens a socket per query
-and does not say which server gave which answer, and the evidence must.
+Replies are read by :func:`parse_reply`: the records the checks read become :mod:`mailprov.dns.records`
+values, decoded from the wire; DNSSEC answers and other types are parsed by dnspython. dnspython's own
+stub resolver is not used: it opens a socket per query and does not say which server gave which answer,
+and the evidence must.
 :class:`mailprov.dns.zonefile.ZoneSource` answers from zone files instead, so records can be checked
 before they are published. A query that cannot be completed (timeout, SERVFAIL, REFUSED) comes back as an
 Answer with ``error`` set, naming the server and the query.

@@ -14,7 +14,8 @@ Targets:
   PolicyError for a policy file).
 * ``reply``: the DNS checker's reply parser (``mailprov.dns.resolver.parse_reply``), which reads whatever
   arrives on its UDP sockets: it never raises, and where dnspython's own parser accepts the packet, both
-  read the same answer section.
+  read the same answer section, to the letter of its zone-file text (the records mailprov decodes itself,
+  ``mailprov.dns.records``, included).
 """
 
 from __future__ import annotations
