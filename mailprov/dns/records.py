@@ -214,7 +214,7 @@ def read_name(wire: bytes, cur: int, end: int) -> tuple[str, int]:
         after = cur + 1
     if not labels:
         return ".", after
-    if any(_NAME_SPECIAL.search(label) for label in labels):
+    if _NAME_SPECIAL.search(b"".join(labels)):  # labels side by side: a "." inside one is found too
         return ".".join(map(_escaped_label, labels)) + ".", after
     return b".".join(labels).decode("ascii") + ".", after
 

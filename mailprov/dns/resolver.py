@@ -506,7 +506,7 @@ class NetworkSource:
         mux = await self._mux(host, port)
         assert mux.transport is not None
         while True:
-            qid = secrets.randbelow(65536)
+            qid = secrets.randbits(16)
             if qid not in mux.pending:
                 break
         question = question_wire(qname, _rdtype(rdtype))
