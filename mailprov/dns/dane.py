@@ -74,6 +74,13 @@ def record_problems(usage: int, selector: int, matching: int, data: bytes) -> tu
         )
     if usage in (0, 1):
         return Status.FAIL, f"{usage} {selector} {matching}: {USAGES[usage]} records are unusable for SMTP (RFC 7672 3.1.3)"
+    if matching == 0 and usage == 2:
+        # RFC 7671 5.2.2: with the anchor's whole key or certificate in the record the server may leave the
+        # anchor out of its chain, so this form is legitimate; the digest form is still the recommended one.
+        return Status.WARN, (
+            f"{usage} {selector} {matching}: full data instead of a digest (RFC 7671 10.1.2); "
+            f"prefer '2 {selector} 1' with the trust anchor's certificate in the served chain (RFC 7671 5.2.2)"
+        )
     if matching == 0:
         return Status.WARN, f"{usage} {selector} {matching}: full data instead of a digest; use matching type 1 (RFC 7671 10.1.2)"
     return None
