@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.checker import CheckOptions, run_checks
 from mailprov.dns.dnssec import parse_trust_anchors
 from tests.dns.dnssec_lab import SigningKnot
 from tests.peers.knot import KnotServer, free_port
@@ -68,7 +68,7 @@ def run(domains: list[str], domain_concurrency: int, server: tuple[str, int], an
     if anchor:
         options.dnssec, options.anchors = True, parse_trust_anchors(anchor)
     start, cpu = time.perf_counter(), time.process_time()
-    report = asyncio.run(check_domains(domains, options))
+    report = run_checks(domains, options)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     bad = sum(1 for d in report.domains if d.verdict not in ("pass", "warn"))
     return elapsed, cpu, bad
@@ -113,10 +113,25 @@ def proxy(listen_port: int, upstream_port: int, delay: float) -> None:
     asyncio.run(serve())
 
 
+SUMMARY: dict[str, float] = {}  # figure -> value, printed last
+
+
 def report(
-    label: str, count: int, concurrent: tuple[float, float, int], sequential: tuple[float, float, int], seq_count: int, goal: float = 0
+    label: str,
+    count: int,
+    concurrent: tuple[float, float, int],
+    sequential: tuple[float, float, int],
+    seq_count: int,
+    goal: float = 0,
+    short: str = "",
 ) -> int:
+    """Print one scenario's figures (and keep its CPU per domain, and the speed-up against a goal, for the summary)."""
     c_rate, s_rate = count / concurrent[0], seq_count / sequential[0]
+    if short:
+        goal_text = "; goal <= 1" if short == "without DNSSEC" else ""  # the issue's goal is for the plain check
+        SUMMARY[f"CPU per domain, {short} (ms, concurrent{goal_text})"] = concurrent[1] / count * 1000
+    if goal:
+        SUMMARY[f"speed-up over one at a time, {label} (goal >= {goal:g}x)"] = c_rate / s_rate
     print(f"  {label} (load average {os.getloadavg()[0]:.1f})")
     for name, n, (wall, cpu, _) in (
         ("concurrent (200 domains at once)", count, concurrent),
@@ -137,7 +152,8 @@ def dnssec_scenario(domains: list[str]) -> int:
         with knot:
             server = (ADDRESS, knot.port)
             label = f"signed zone, --dnssec (DNSSEC and DANE validated by the checker), knotd on {ADDRESS}:{knot.port}"
-            return report(label, len(domains), run(domains, 200, server, anchor), run(domains, 1, server, anchor), len(domains))
+            concurrent, sequential = run(domains, 200, server, anchor), run(domains, 1, server, anchor)
+            return report(label, len(domains), concurrent, sequential, len(domains), short="with DNSSEC and DANE")
 
 
 def main() -> int:
@@ -156,9 +172,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mailprov-bench-") as tmp, KnotServer(Path(tmp), ADDRESS, 0, zones(args.domains)) as ns:
         server = (ADDRESS, ns.port)
         print(f"dns_check: {args.domains} domains, 8 distinct queries each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        bad += report(
-            f"knotd on {ADDRESS}:{ns.port} (loopback)", args.domains, run(domains, 200, server), run(domains, 1, server), args.domains
-        )
+        concurrent, sequential = run(domains, 200, server), run(domains, 1, server)
+        label = f"knotd on {ADDRESS}:{ns.port} (loopback)"
+        bad += report(label, args.domains, concurrent, sequential, args.domains, short="without DNSSEC")
         if args.latency > 0:
             port = free_port(PROXY_ADDRESS)
             child = subprocess.Popen(
@@ -176,6 +192,9 @@ def main() -> int:
                 child.stdout.close()  # type: ignore[union-attr]
     if not args.no_dnssec:
         bad += dnssec_scenario(domains)
+    print(f"summary (load average {os.getloadavg()[0]:.1f}):")
+    for name, value in SUMMARY.items():
+        print(f"  {name:<80} {value:6.2f}")
     if bad:
         print(f"  UNEXPECTED: {bad} domains did not pass", file=sys.stderr)
         return 1

@@ -59,7 +59,8 @@ SEEDS: dict[str, list[bytes]] = {
 
 
 def _reply_seeds() -> list[bytes]:
-    """Replies to "mx.fuzz.test. A" as a server sends them (compressed): an address, a CNAME chain, NXDOMAIN with its SOA."""
+    """Replies to "mx.fuzz.test. A" as a server sends them (compressed): an address, a CNAME chain, NXDOMAIN with its SOA,
+    and one record of every type the resolver decodes itself (mailprov.dns.records), names and strings with escapes."""
     import dns.message
     import dns.rcode
     import dns.rrset
@@ -69,6 +70,21 @@ def _reply_seeds() -> list[bytes]:
         (dns.rcode.NOERROR, [("mx.fuzz.test.", "A", "192.0.2.1")], []),
         (dns.rcode.NOERROR, [("mx.fuzz.test.", "CNAME", "mail.fuzz.test."), ("mail.fuzz.test.", "A", "192.0.2.2")], []),
         (dns.rcode.NXDOMAIN, [], [("fuzz.test.", "SOA", "ns.fuzz.test. hm.fuzz.test. 1 3600 600 86400 60")]),
+        (
+            dns.rcode.NOERROR,
+            [
+                ("mx.fuzz.test.", "CNAME", "m\\.ail\\032x.fuzz.test."),
+                ("mx.fuzz.test.", "MX", "10 mx1.fuzz.test."),
+                ("mx.fuzz.test.", "TXT", '"v=spf1 -all" "q\\"\\001"'),
+                ("mx.fuzz.test.", "SOA", "ns.fuzz.test. h\\@m.fuzz.test. 1 2 3 4 5"),
+                ("mx.fuzz.test.", "CAA", '0 issue "ca.test"'),
+                ("mx.fuzz.test.", "TLSA", "3 1 1 " + "0f" * 32),
+                ("mx.fuzz.test.", "AAAA", "2001:db8::1"),
+                ("mx.fuzz.test.", "PTR", "mx.fuzz.test."),
+                ("mx.fuzz.test.", "NS", "ns.fuzz.test."),
+            ],
+            [],
+        ),
     ):
         response = dns.message.make_response(dns.message.make_query("mx.fuzz.test.", "A", use_edns=0))
         response.set_rcode(rcode)

@@ -79,9 +79,7 @@ def check(
     3 when a check could not be completed (timeout, SERVFAIL, no resolver answering).
     """
     # Imported here so that other commands (and --help) do not pay for asyncio, dnspython and cryptography.
-    import asyncio
-
-    from mailprov.dns.checker import CheckOptions, check_domains
+    from mailprov.dns.checker import CheckOptions, run_checks
     from mailprov.dns.model import Status
     from mailprov.dns.report import render
     from mailprov.dns.resolver import parse_server
@@ -121,7 +119,7 @@ def check(
         dnsbl=dnsbl,
         dnsbl_zones=list(dnsbl_zone or []),
     )
-    report = asyncio.run(check_domains(names, options))
+    report = run_checks(names, options)
     typer.echo(render(report, fmt.value, strict=strict, verbose=verbose))
     code = report.exit_code(strict)
     errors = [c for d in report.domains for c in d.checks if c.status == Status.ERROR]

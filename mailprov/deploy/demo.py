@@ -22,7 +22,6 @@ second demo (the test suite's) can run beside a user's; the zones are rewritten 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import imaplib
 import json
@@ -44,7 +43,7 @@ from pathlib import Path
 from mailprov.deploy import daemon
 from mailprov.deploy.probe import ProbeTarget, load_certificate
 from mailprov.deploy.runner import ansible_dir, run_playbook
-from mailprov.dns.checker import CheckOptions, check_domains
+from mailprov.dns.checker import CheckOptions, run_checks
 from mailprov.errors import MailprovError, UsageError
 
 DEFAULT_NET = "127.0.6"  # the /24 the bundled zones use; $MAILPROV_DEMO_NET moves the demo elsewhere
@@ -220,7 +219,7 @@ def _check_dns(net: str, echo: Echo) -> None:
     for name, info in HOSTS.items():
         host_address = address(net, info["host"])
         options = CheckOptions(host=name, ips=[host_address], resolvers=[(dns_address(net), DNS_PORT)], timeout=3)
-        report = asyncio.run(check_domains([info["domain"]], options))
+        report = run_checks([info["domain"]], options)
         domain = report.domains[0]
         failing = [c for c in domain.checks if c.status in ("fail", "error")]
         passed = sum(1 for c in domain.checks if c.status == "pass")

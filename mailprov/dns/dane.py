@@ -6,7 +6,9 @@ for SMTP (DANE-TA(2) or DANE-EE(3); the PKIX usages 0 and 1 are not, RFC 7672 3.
 the next key is published beside the current one (RFC 7671 8.1, so a key change never breaks delivery),
 and, when ``--tls`` fetched it, that the certificate chain the MX serves matches a record: DANE-EE(3)
 against the certificate, DANE-TA(2) against the chain up to the anchor, with name checks (RFC 7671 5.2,
-RFC 7672 3.1.2, 3.2).
+RFC 7672 3.1.2, 3.2). A ``2 1 0`` record holds the anchor's whole public key (``2 0 0``: its whole
+certificate), so the server may leave the anchor's certificate out of its chain (RFC 7671 5.2.2): the top
+certificate it sends is then checked against the anchor (the signature, with ``cryptography``).
 
 :func:`tlsa_for_certificate` computes the recommended ``3 1 1`` record for a certificate
 (``mailprov dns plan --tlsa-from CERT``).
@@ -18,8 +20,9 @@ import hashlib
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from mailprov.dns.dnssec import Security, Validator, verdict_result
 from mailprov.dns.model import CheckResult, Status, worst
@@ -28,6 +31,7 @@ USAGES = {0: "PKIX-TA", 1: "PKIX-EE", 2: "DANE-TA", 3: "DANE-EE"}
 SELECTORS = {0: "Cert", 1: "SPKI"}
 MATCHING = {0: "Full", 1: "SHA2-256", 2: "SHA2-512"}
 _DIGEST_LENGTH = {1: 32, 2: 64}
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey  # keys that sign certificates
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -70,6 +74,13 @@ def record_problems(usage: int, selector: int, matching: int, data: bytes) -> tu
         )
     if usage in (0, 1):
         return Status.FAIL, f"{usage} {selector} {matching}: {USAGES[usage]} records are unusable for SMTP (RFC 7672 3.1.3)"
+    if matching == 0 and usage == 2:
+        # RFC 7671 5.2.2: with the anchor's whole key or certificate in the record the server may leave the
+        # anchor out of its chain, so this form is legitimate; the digest form is still the recommended one.
+        return Status.WARN, (
+            f"{usage} {selector} {matching}: full data instead of a digest (RFC 7671 10.1.2); "
+            f"prefer '2 {selector} 1' with the trust anchor's certificate in the served chain (RFC 7671 5.2.2)"
+        )
     if matching == 0:
         return Status.WARN, f"{usage} {selector} {matching}: full data instead of a digest; use matching type 1 (RFC 7671 10.1.2)"
     return None
@@ -110,24 +121,35 @@ def dane_ta_problem(
     """Why a DANE-TA(2) record does not authenticate the ``chain`` the server presented (leaf first) for ``host``
     (None when it does): RFC 7671 5.2 and RFC 7672 3.1.2, 3.2.
 
-    The trust anchor is a certificate of the presented chain, above the leaf, that the record matches (the
-    server must send it: RFC 7671 5.2.2; a record holding the full public key of a CA the server leaves out
-    is not matched here); the leaf must chain up to it within the presented certificates, each signed by
-    the next (a CA certificate), and each below the anchor within its validity period; the leaf must name
-    the MX host (name checks apply to DANE-TA, RFC 7672 3.2.2).
+    The trust anchor is a certificate of the presented chain, above the leaf, that the record matches; the
+    leaf must chain up to it within the presented certificates, each signed by the next (a CA certificate),
+    and each below the anchor within its validity period; the leaf must name the MX host (name checks apply
+    to DANE-TA, RFC 7672 3.2.2). The server must send the anchor's certificate (RFC 7671 5.2.2), unless the
+    record holds the anchor in full (``2 1 0``: its public key; ``2 0 0``: its certificate): then the chain
+    climbs as far as the presented CA certificates go, and the certificate where it stops must be issued
+    by that anchor (signed by the key; with a certificate, also its issuer name the anchor's subject).
     """
     if usage != 2:
         return f"{usage} {selector} {matching} is not a DANE-TA record"
+    record = f"{usage} {selector} {matching}"
     anchors = [c for c in chain[1:] if association(c, selector, matching) == data]
-    if not anchors:
-        record = f"{usage} {selector} {matching}"
+    key = _full_anchor(selector, matching, data) if not anchors else None
+    if not anchors and key is None:
         return f"no certificate the server sent matches the DANE-TA record {record} (RFC 7671 5.2.2: the server must send it)"
-    path, current = [chain[0]], chain[0]
+    path: list = [chain[0]]  # from the leaf up to the anchor (a certificate, or the record's key)
+    current = chain[0]
     while not any(current is a for a in anchors):
         issuer = next(
             (c for c in chain if not any(c is p for p in path) and c.subject == current.issuer and _is_ca(c) and _signed_by(current, c)),
             None,
         )
+        if issuer is None and key is not None:
+            if not (_signed_by(current, key) if isinstance(key, x509.Certificate) else _signed_by_key(current, key)):
+                who = current.subject.rfc4514_string()
+                anchor = "key" if selector == 1 else "certificate"
+                return f"the certificate of {who}, the top of the chain the server sent, is not signed by the DANE-TA {record} {anchor}"
+            path.append(key)  # the anchor, above the last certificate: every certificate on the path is below it
+            break
         if issuer is None:
             who = current.subject.rfc4514_string()
             return f"the certificate of {who} is not signed by a CA certificate the server sent, on the way to the DANE-TA anchor"
@@ -146,6 +168,40 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _full_anchor(selector: int, matching: int, data: bytes) -> x509.Certificate | PublicKey | None:
+    """The anchor a record holds in full (``2 0 0``: the certificate; ``2 1 0``: the DER SubjectPublicKeyInfo,
+    RFC 6698 2.1.2), which the server need not send (RFC 7671 5.2.2); None for a digest or unreadable data."""
+    if matching != 0:
+        return None
+    try:
+        if selector == 0:
+            return x509.load_der_x509_certificate(data)
+        key = serialization.load_der_public_key(data) if selector == 1 else None
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return key if isinstance(key, PublicKey) else None
+
+
+def _signed_by_key(cert: x509.Certificate, key: PublicKey) -> bool:
+    """Whether ``key`` made the signature on ``cert`` (what ``verify_directly_issued_by`` does, without an issuer certificate)."""
+    try:
+        hash_algorithm = cert.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey):
+            pad = cert.signature_algorithm_parameters
+            if not isinstance(pad, padding.PKCS1v15 | padding.PSS) or hash_algorithm is None:
+                return False
+            key.verify(cert.signature, cert.tbs_certificate_bytes, pad, hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if hash_algorithm is None:
+                return False
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_algorithm))
+        else:
+            key.verify(cert.signature, cert.tbs_certificate_bytes)  # Ed25519, Ed448: the algorithm fixes the hash
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 

@@ -63,8 +63,8 @@ async def check_mx(source: Source, domain: str) -> MXOutcome:
         return out
     out.results.append(CheckResult("domain.exists", Status.PASS, domain, f"{domain} exists", records=[answer.evidence()]))
 
-    mxs = sorted(answer.records, key=lambda r: (r.preference, r.exchange.to_text()))
-    if len(mxs) == 1 and mxs[0].exchange.to_text() == ".":
+    mxs = sorted(answer.records, key=lambda r: (r.preference, r.exchange))
+    if len(mxs) == 1 and mxs[0].exchange == ".":
         out.results.append(
             CheckResult(
                 "mx",
@@ -77,8 +77,8 @@ async def check_mx(source: Source, domain: str) -> MXOutcome:
         )
         return out
     if mxs:
-        listed = ", ".join(f"{r.preference} {r.exchange.to_text()}" for r in mxs)
-        if any(r.exchange.to_text() == "." for r in mxs):
+        listed = ", ".join(f"{r.preference} {r.exchange}" for r in mxs)
+        if any(r.exchange == "." for r in mxs):
             out.results.append(
                 CheckResult(
                     "mx",
@@ -92,7 +92,7 @@ async def check_mx(source: Source, domain: str) -> MXOutcome:
         else:
             out.results.append(CheckResult("mx", Status.PASS, domain, f"MX: {listed}", records=[answer.evidence()]))
         # One host may appear under several preferences: check it once.
-        out.hosts = list(dict.fromkeys(r.exchange.to_text().lower() for r in mxs if r.exchange.to_text() != "."))
+        out.hosts = list(dict.fromkeys(r.exchange.lower() for r in mxs if r.exchange != "."))
     else:
         a, aaaa = await host_addresses(source, fqdn)
         if a.error or aaaa.error:

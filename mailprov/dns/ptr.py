@@ -24,12 +24,14 @@ def _norm(name: str) -> str:
 async def check_address(source: Source, address: str, *, expect_host: str | None = None, role: str = "") -> list[CheckResult]:
     """``ptr`` and ``fcrdns`` for one address; ``expect_host`` is the name the PTR must carry."""
     ip = ipaddress.ip_address(address)
-    reverse = dns.reversename.from_address(str(ip)).to_text()
+    # IPv4: the standard library's name is dnspython's, without building a Name; IPv6 keeps dnspython's rule
+    # (it reverses an IPv4-mapped address under in-addr.arpa).
+    reverse = ip.reverse_pointer + "." if ip.version == 4 else dns.reversename.from_address(str(ip)).to_text()
     about = f"{ip}{f' ({role})' if role else ''}"
     answer = await source.query(reverse, "PTR")
     if answer.error:
         return [answer.as_error("ptr", str(ip))]
-    names = [rd.target.to_text() for rd in answer.records]
+    names = [rd.target for rd in answer.records]
     if not names:
         return [
             CheckResult(

@@ -4,8 +4,10 @@
 UDP over a small pool of connected sockets per server (random source ports and IDs; an answer must match
 the question), TCP (dnspython's asyncquery) when truncated, each server in turn, a bounded number of
 queries in flight, and each ``(name, type)`` asked once per run (concurrent askers share the one query).
-Messages are parsed by dnspython. dnspython's own stub resolver is not used: it opens a socket per query
-and does not say which server gave which answer, and the evidence must.
+Replies are read by :func:`parse_reply`: the records the checks read become :mod:`mailprov.dns.records`
+values, decoded from the wire; DNSSEC answers and other types are parsed by dnspython. dnspython's own
+stub resolver is not used: it opens a socket per query and does not say which server gave which answer,
+and the evidence must.
 :class:`mailprov.dns.zonefile.ZoneSource` answers from zone files instead, so records can be checked
 before they are published. A query that cannot be completed (timeout, SERVFAIL, REFUSED) comes back as an
 Answer with ``error`` set, naming the server and the query.
@@ -14,6 +16,7 @@ Answer with ``error`` set, naming the server and the query.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import re
@@ -35,6 +38,7 @@ import dns.resolver
 import dns.rrset
 
 from mailprov.dns.model import CheckResult, Evidence, Status
+from mailprov.dns.records import RecordSet, Value, decode, from_rdata, read_name
 from mailprov.errors import UsageError
 
 DEFAULT_TIMEOUT = 5.0
@@ -50,11 +54,14 @@ class Answer:
     rdtype: str
     server: str
     rcode: str = "NOERROR"
-    rrsets: list[dns.rrset.RRset] = field(default_factory=list)
+    # The answer section: RecordSets of mailprov.dns.records values from a reply, or dnspython RRsets (zone files,
+    # TCP, DNSSEC answers, whose signatures the validator checks). The checks read them through the properties below.
+    rrsets: list[RecordSet | dns.rrset.RRset] = field(default_factory=list)
     error: str | None = None  # set when the query could not be completed
     negative_ttl: int | None = None  # from the SOA in the authority section of NXDOMAIN / NODATA
     authority: list[dns.rrset.RRset] = field(default_factory=list)  # kept for DNSSEC answers (NSEC proofs, RRSIGs)
     _evidence: Evidence | None = field(default=None, init=False, repr=False, compare=False)  # formatted once, shared by the results
+    _records: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def nxdomain(self) -> bool:
@@ -62,17 +69,19 @@ class Answer:
         return self.error is None and self.rcode == "NXDOMAIN"
 
     @property
-    def records(self) -> list[dns.rdata.Rdata]:
-        """Records of the asked type (at the end of any CNAME chain)."""
-        want = _rdtype(self.rdtype)
-        return [rd for rrset in self.rrsets if rrset.rdtype == want for rd in rrset]
+    def records(self) -> list[Value | dns.rdata.Rdata]:
+        """Records of the asked type (at the end of any CNAME chain), as :mod:`mailprov.dns.records` values."""
+        if self._records is None:
+            want = _rdtype(self.rdtype)
+            self._records = [rd for rrset in self.rrsets if rrset.rdtype == want for rd in _values(rrset)]
+        return self._records
 
     @property
     def cnames(self) -> list[tuple[str, str]]:
         """The CNAME chain as (alias, target) pairs, when the asked name is an alias."""
         if self.rdtype == "CNAME":
             return []
-        return [(rrset.name.to_text(), rd.target.to_text()) for rrset in self.rrsets if rrset.rdtype == dns.rdatatype.CNAME for rd in rrset]
+        return [(str(rrset.name), rd.target) for rrset in self.rrsets if rrset.rdtype == dns.rdatatype.CNAME for rd in _values(rrset)]
 
     @property
     def ttl(self) -> int | None:
@@ -83,11 +92,7 @@ class Answer:
 
     def texts(self) -> list[str]:
         """TXT records as strings (the character-strings of each record joined without spaces)."""
-        out = []
-        for rd in self.records:
-            if rd.rdtype == dns.rdatatype.TXT:
-                out.append(b"".join(rd.strings).decode("utf-8", errors="replace"))
-        return out
+        return [b"".join(rd.strings).decode("utf-8", errors="replace") for rd in self.records if rd.rdtype == dns.rdatatype.TXT]
 
     def as_error(self, check_id: str, subject: str) -> CheckResult:
         """The result of a check that could not be completed because this query failed."""
@@ -110,8 +115,7 @@ class Answer:
             return self._evidence
         answer = []
         for rrset in self.rrsets:
-            head = f"{rrset.name.to_text()} {rrset.ttl} IN {dns.rdatatype.to_text(rrset.rdtype)} "
-            answer += [head + rd.to_text() for rd in rrset]
+            answer += rrset_lines(rrset)
         self._evidence = Evidence(
             query=f"{self.qname} {self.rdtype}",
             server=self.server,
@@ -208,7 +212,7 @@ class Reply:
 
     flags: int
     rcode: int
-    answer: list[dns.rrset.RRset]
+    answer: list[RecordSet] | list[dns.rrset.RRset]  # dnspython's RRsets when the whole authority section was asked for
     authority: list[dns.rrset.RRset]
     negative_ttl: int | None = None  # from the SOA in the authority section (RFC 2308 5)
 
@@ -230,16 +234,17 @@ def _skip_name(wire: bytes, cur: int) -> int:
 def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -> Reply | None:
     """Parse an answer to the query whose question section is ``question`` (wire format), or None when it is not one.
 
-    dnspython does the records (:func:`dns.name.from_wire`, :func:`dns.rdata.from_wire`); this walks the
-    message's sections (RFC 1035 4.1) itself, because ``dns.message.from_wire`` costs about half of the
-    checker's CPU on a fast resolver: it builds every record of every section, the OPT record and the
-    additional section included. Here the answer section is parsed; of the authority section only the
-    negative-caching TTL (RFC 2308 5: the smaller of the SOA record's TTL and its MINIMUM, the rdata's last
-    4 bytes) is read, unless ``full_authority`` (DNSSEC: the NSEC/NSEC3 proofs and RRSIGs) parses it all;
-    of the additional section only the OPT record's extended rcode is read. Records of one name, class and
-    type (and covered type) form one RRset, as ``dns.message.from_wire`` groups them. A response that is
-    not a reply (QR clear), whose question differs (names compared case-insensitively, RFC 1035 2.3.3) or
-    that is malformed gives None.
+    This walks the message's sections (RFC 1035 4.1) itself, because ``dns.message.from_wire`` builds every
+    record of every section, the OPT record and the additional section included, and that cost about half of
+    the checker's CPU on a fast resolver. The answer section's records of the types the checks read become
+    :mod:`mailprov.dns.records` values (grouped in :class:`~mailprov.dns.records.RecordSet`); of the authority
+    section only the negative-caching TTL (RFC 2308 5: the smaller of the SOA record's TTL and its MINIMUM,
+    the rdata's last 4 bytes) is read; of the additional section only the OPT record's extended rcode.
+    With ``full_authority`` (DNSSEC: the validator needs the RRSIGs and the NSEC/NSEC3 proofs) both the answer
+    and the authority sections are parsed by dnspython (:func:`dns.name.from_wire`, :func:`dns.rdata.from_wire`)
+    into ``dns.rrset.RRset`` objects. Records of one name, class and type (and covered type) form one set,
+    as ``dns.message.from_wire`` groups them. A response that is not a reply (QR clear), whose question
+    differs (names compared case-insensitively, RFC 1035 2.3.3) or that is malformed gives None.
     """
     try:
         _qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
@@ -251,45 +256,13 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
             or wire[end - 4 : end] != question[-4:]
         ):
             return None
-        names: dict[int, dns.name.Name] = {}  # offset -> the name there: most owner names are a pointer to the question's
-        cur = end
-        sections: list[list[dns.rrset.RRset]] = []
-        negative_ttl = None
-        # The authority section is parsed whole for DNSSEC (the proofs); otherwise only its SOA's TTLs are read.
-        for section, count in enumerate((ancount, nscount)):
-            build = section == 0 or full_authority
-            rrsets: dict[tuple, dns.rrset.RRset] = {}
-            for _ in range(count):
-                if not build:
-                    cur = _skip_name(wire, cur)
-                    rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
-                    cur += 10 + rdlen
-                    if rdtype == dns.rdatatype.SOA and rdlen >= 22 and negative_ttl is None:
-                        negative_ttl = min(ttl, int.from_bytes(wire[cur - 4 : cur], "big"))
-                    continue
-                at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
-                name = names.get(at)
-                if name is None:
-                    name, used = dns.name.from_wire(wire, cur)
-                    names[at] = name
-                    cur += used
-                else:
-                    cur = _skip_name(wire, cur)
-                rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
-                cur += 10
-                if cur + rdlen > len(wire):
-                    raise dns.exception.FormError("record beyond the end of the message")
-                rd = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
-                cur += rdlen
-                if rdtype == dns.rdatatype.SOA and section == 1 and negative_ttl is None:
-                    negative_ttl = min(ttl, rd.minimum)
-                covers = rd.covers()
-                key = (name, rdclass, rdtype, covers)
-                rrset = rrsets.get(key)
-                if rrset is None:
-                    rrset = rrsets[key] = dns.rrset.RRset(name, rdclass, rdtype, covers)
-                rrset.add(rd, ttl)
-            sections.append(list(rrsets.values()))
+        if full_authority:
+            answer, cur, _ = _rrsets(wire, end, ancount)
+            authority, cur, negative_ttl = _rrsets(wire, cur, nscount)
+        else:
+            answer, cur = _record_sets(wire, end, ancount)
+            authority = []
+            cur, negative_ttl = _negative_ttl(wire, cur, nscount)
         rcode = flags & 0x000F
         for _ in range(arcount):
             cur = _skip_name(wire, cur)
@@ -301,7 +274,86 @@ def parse_reply(wire: bytes, question: bytes, *, full_authority: bool = False) -
             return None
     except (dns.exception.DNSException, IndexError, struct.error, ValueError):
         return None  # a malformed or forged packet
-    return Reply(flags, rcode, sections[0], sections[1], negative_ttl)
+    return Reply(flags, rcode, answer, authority, negative_ttl)
+
+
+def _record_sets(wire: bytes, cur: int, count: int) -> tuple[list[RecordSet], int]:
+    """``count`` records from ``cur`` as record sets of :mod:`mailprov.dns.records` values, and the offset after them."""
+    names: dict[int, str] = {}  # offset -> the name there: most owner names are a pointer to the question's
+    sets: dict[tuple, list] = {}  # (owner in lower case, class, type, covered type) -> [owner, ttl, {record: None}]
+    size = len(wire)
+    for _ in range(count):
+        at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur  # a bare pointer: the name it points at
+        name = names.get(at)
+        if name is None:
+            name, cur = read_name(wire, cur, size)
+            names[at] = name
+        else:
+            cur = _skip_name(wire, cur)
+        rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+        ttl = ttl if ttl <= _MAX_TTL else 0
+        cur += 10
+        if cur + rdlen > size:
+            raise dns.exception.FormError("record beyond the end of the message")
+        value = decode(rdtype, wire, cur, rdlen) if rdclass == dns.rdataclass.IN else None
+        covers = 0
+        if value is None:  # a type (or class) the checks do not read: dnspython parses it
+            value = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
+            covers = value.covers()
+        cur += rdlen
+        key = (name.lower(), rdclass, rdtype, covers)
+        entry = sets.get(key)
+        if entry is None:
+            sets[key] = [name, ttl, {value: None}]
+        else:
+            entry[1] = min(entry[1], ttl)
+            entry[2][value] = None  # a record repeated in the section is one record (RFC 2181 5)
+    return [RecordSet(name, ttl, key[2], tuple(values), key[3]) for key, (name, ttl, values) in sets.items()], cur
+
+
+def _negative_ttl(wire: bytes, cur: int, count: int) -> tuple[int, int | None]:
+    """Skip ``count`` records; the offset after them and the negative-caching TTL of the first SOA among them."""
+    negative_ttl = None
+    for _ in range(count):
+        cur = _skip_name(wire, cur)
+        rdtype, _rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+        cur += 10 + rdlen
+        if rdtype == dns.rdatatype.SOA and rdlen >= 22 and negative_ttl is None:
+            negative_ttl = min(ttl if ttl <= _MAX_TTL else 0, int.from_bytes(wire[cur - 4 : cur], "big"))
+    return cur, negative_ttl
+
+
+def _rrsets(wire: bytes, cur: int, count: int) -> tuple[list[dns.rrset.RRset], int, int | None]:
+    """``count`` records from ``cur`` parsed by dnspython into RRsets (for DNSSEC), the offset after them, and the
+    negative-caching TTL of the first SOA among them."""
+    negative_ttl = None
+    names: dict[int, dns.name.Name] = {}
+    rrsets: dict[tuple, dns.rrset.RRset] = {}
+    for _ in range(count):
+        at = (wire[cur] & 0x3F) << 8 | wire[cur + 1] if wire[cur] >= 0xC0 else cur
+        name = names.get(at)
+        if name is None:
+            name, used = dns.name.from_wire(wire, cur)
+            names[at] = name
+            cur += used
+        else:
+            cur = _skip_name(wire, cur)
+        rdtype, rdclass, ttl, rdlen = _RR.unpack_from(wire, cur)
+        ttl = ttl if ttl <= _MAX_TTL else 0
+        cur += 10
+        if cur + rdlen > len(wire):
+            raise dns.exception.FormError("record beyond the end of the message")
+        rd = dns.rdata.from_wire(rdclass, rdtype, wire, cur, rdlen)
+        cur += rdlen
+        if rdtype == dns.rdatatype.SOA and negative_ttl is None:
+            negative_ttl = min(ttl, rd.minimum)  # type: ignore[attr-defined]
+        covers = rd.covers()
+        key = (name, rdclass, rdtype, covers)
+        rrset = rrsets.get(key)
+        if rrset is None:
+            rrset = rrsets[key] = dns.rrset.RRset(name, rdclass, rdtype, covers)
+        rrset.add(rd, ttl)
+    return list(rrsets.values()), cur, negative_ttl
 
 
 def _reply_of(message: dns.message.Message) -> Reply:
@@ -316,7 +368,26 @@ def _rdtype(text: str) -> int:
     return dns.rdatatype.from_text(text)
 
 
+@functools.cache
+def _type_text(rdtype: int) -> str:
+    return dns.rdatatype.to_text(rdtype)
+
+
+def rrset_lines(rrset: RecordSet | dns.rrset.RRset) -> list[str]:
+    """The records of a set in zone-file form, one line each (``name ttl IN TYPE data``), as the evidence shows them."""
+    head = f"{rrset.name} {rrset.ttl} IN {_type_text(rrset.rdtype)} "
+    return [head + rd.to_text() for rd in _values(rrset)]
+
+
+def _values(rrset: RecordSet | dns.rrset.RRset) -> tuple | list:
+    """The records of a set as :mod:`mailprov.dns.records` values (dnspython's Rdata for the types it keeps)."""
+    if isinstance(rrset, RecordSet):
+        return rrset.records
+    return [from_rdata(rd) for rd in rrset]
+
+
 _HEADER = struct.Struct("!HHHHHH")
+_MAX_TTL = 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set counts as zero (as dnspython reads it)
 _RR = struct.Struct("!HHIH")
 
 
@@ -354,6 +425,47 @@ class _Mux(asyncio.DatagramProtocol):
         self.error_received(exc or ConnectionError("socket closed"))
 
 
+class Slots:
+    """At most ``limit`` holders at once; the others wait in line (first come, first served).
+
+    Used as ``await slots.acquire()`` ... ``slots.release()``. An uncontended acquire does not yield to the
+    loop. It replaces ``asyncio.Semaphore``, whose ``acquire`` on Python 3.11 scans every waiter
+    (``locked()``) each time: with hundreds of queries waiting that cost a tenth of the checker's CPU.
+    A released slot passes straight to the first waiter; a waiter cancelled after it was handed one
+    passes it on, so no slot is ever lost.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one if all are held."""
+        if self.held < self.limit and not self._waiters:
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() hands its slot over: ``held`` does not change
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, then cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter still waiting, else to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.held -= 1
+
+
 class _Abandoned(Exception):
     """The asker of a shared query was cancelled before the answer came: the others ask again."""
 
@@ -379,7 +491,7 @@ class NetworkSource:
         self.timeout = timeout
         self.recursion = recursion
         self.description = ", ".join(fmt_server(h, p) for h, p in servers)
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = Slots(concurrency)
         self._cache: dict[tuple[str, str, bool], asyncio.Future[Answer]] | None = {} if cache else None
         self._muxes: dict[tuple[str, int], list[_Mux]] = {}
         self._next = 0
@@ -399,7 +511,7 @@ class NetworkSource:
         mux = await self._mux(host, port)
         assert mux.transport is not None
         while True:
-            qid = secrets.randbelow(65536)
+            qid = secrets.randbits(16)
             if qid not in mux.pending:
                 break
         question = question_wire(qname, _rdtype(rdtype))
@@ -469,7 +581,8 @@ class NetworkSource:
 
     async def _ask(self, qname: str, rdtype: str, dnssec: bool = False) -> Answer:
         failures: list[str] = []
-        async with self._limit:
+        await self._limit.acquire()
+        try:
             for host, port in self.servers:
                 server = fmt_server(host, port)
                 try:
@@ -484,6 +597,8 @@ class NetworkSource:
                     failures.append(f"{server}: {dns.rcode.to_text(reply.rcode)}")
                     continue
                 return _from_reply(qname, rdtype, server, reply, dnssec)
+        finally:
+            self._limit.release()
         return Answer(qname, rdtype, self.description, rcode="ERROR", error=f"query {qname} {rdtype} failed: " + "; ".join(failures))
 
 

@@ -406,7 +406,7 @@ async def _matches(source: Source, domain: str, term: Term, ip, state: _Eval, de
         if not answer.records:
             _void(state, target)
         for rd in answer.records[:10]:
-            exchange = rd.exchange.to_text()
+            exchange = rd.exchange
             if exchange != "." and any(_in(ip, a, term) for a in await _addresses(source, exchange, ip, state, void=False)):
                 return True
         return False

@@ -189,3 +189,27 @@ def test_a_prebuilt_wheel_gets_its_wheelhouse_too(offline_wheels: tuple[Path, Pa
     assert out.returncode == 0, out.stderr
     house = Path(json.loads(out.stdout)["wheelhouse"])
     assert (house / ".complete").exists() and any(house.glob("aiosmtpd-*.whl"))
+
+
+def test_a_target_with_another_python_gets_wheels_built_for_it(offline_wheels: tuple[Path, Path]) -> None:
+    """A controller on Debian 13 (Python 3.13) deploying to Debian 12 (3.11), or the other way round: the
+    shipped binary wheels are the target's (PEP 425 tags), not the controller's, which pip there refuses."""
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+
+    cache, wheel = offline_wheels
+    minor = 13 if sys.version_info[:2] != (3, 13) else 11
+    spec = f"cpython 3.{minor} x86_64 glibc 2.36"
+    cmd = [sys.executable, "-m", "mailprov.deploy.wheel", "--wheel", str(wheel), "--out", str(cache), "--offline", "--target", spec]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=lab.REPO)
+    assert out.returncode == 0, out.stderr
+    described = json.loads(out.stdout)
+    house = Path(described["wheelhouses"][spec])
+    assert house != Path(described["wheelhouse"])
+    platforms = [f"manylinux_2_{n}_x86_64" for n in range(36, 4, -1)] + ["linux_x86_64"]
+    target = set(cpython_tags((3, minor), [f"cp3{minor}"], platforms)) | set(compatible_tags((3, minor), f"cp3{minor}", platforms))
+    wheels = {p.name: parse_wheel_filename(p.name)[3] for p in house.glob("*.whl")}
+    assert not [name for name, tags in wheels.items() if not tags & target], "wheels the target cannot install"
+    assert any(name.startswith("cryptography-") for name in wheels) and any(name.startswith("dkimpy-") for name in wheels)
+    own = f"cp3{sys.version_info[1]}"
+    assert not [name for name in wheels if f"-{own}-{own}-" in name], "the controller's own binary wheels were shipped"

@@ -87,6 +87,9 @@ def dnssec_lab(tmp_path_factory: pytest.TempPathFactory, pki: TestCA, good_cert)
     # DANE-TA (RFC 7671 5.2): the test CA's public key, and a second record for the next CA (a rollover, RFC 7671 8.1).
     ca_record = tlsa_for_certificate(pki.cert.public_bytes(serialization.Encoding.PEM), usage=2)
     tlsa_ta = f"_25._tcp.mail TLSA {ca_record}\n_25._tcp.mail TLSA 2 1 1 {'5a' * 32}"
+    # DANE-TA with the CA's whole public key (2 1 0, RFC 7671 5.2.2): its MX may serve a chain without the CA.
+    spki = pki.cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    tlsa_ta += f"\nspki MX 10 mail.spki\nmail.spki A {lab.SPKI_MX_ADDRESS}\n_25._tcp.mail.spki TLSA 2 1 0 {spki.hex()}"
     knot, anchor = lab.start_lab(tmp_path_factory.mktemp("signing-knot"), tlsa, tlsa_ta)
     try:
         stubs = {zone: f"{knot.address}@{knot.port}" for zone in knot.zones}

@@ -8,7 +8,9 @@
 - ``expired.diag.test``: signed (by dnspython) with signatures that expired 3 days ago, served as is by Knot;
 - ``n3.diag.test``: signed by Knot with NSEC3 (RFC 5155), delegating ``insecure.n3.diag.test`` without DS;
 - ``ta.diag.test``: signed by Knot; its MX host (127.0.21.10) has a DANE-TA record (``2 1 1``) naming the
-  test CA, which the MX's served chain must include (RFC 7671 5.2.2);
+  test CA, which the MX's served chain must include (RFC 7671 5.2.2); in the same zone, the domain
+  ``spki.ta.diag.test`` has its MX host at 127.0.24.10 under a ``2 1 0`` record (the test CA's whole public
+  key), so that its server may leave the CA out of its chain;
 - ``six.diag.test``: signed (by dnspython), two MX hosts with A and AAAA records; the AAAA RRset of
   ``mail.six.diag.test`` was changed after signing (its RRSIG no longer matches: bogus), its A is sound.
 
@@ -39,6 +41,7 @@ KNOT_ADDRESS = "127.0.14.1"
 UNBOUND_ADDRESS = "127.0.14.2"
 GOOD_MX_ADDRESS = "127.0.14.10"  # mail.good.diag.test (mx.tls tests serve SMTP here)
 TA_MX_ADDRESS = "127.0.21.10"  # mail.ta.diag.test (the DANE-TA test serves SMTP here)
+SPKI_MX_ADDRESS = "127.0.24.10"  # mail.spki.ta.diag.test (the DANE-TA 2 1 0 test serves SMTP here, without the CA)
 STS_ADDRESS = "127.0.14.20"  # mta-sts.good.diag.test (the MTA-STS tests serve the policy here)
 SOA = "@ SOA ns.diag.test. hostmaster.diag.test. 1 3600 600 86400 300\n@ NS ns.diag.test.\n"
 

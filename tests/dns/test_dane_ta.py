@@ -43,6 +43,39 @@ def test_our_mta_serving_a_chain_to_the_dane_ta_anchor_passes(dnssec_lab: dict, 
     assert "does not verify" in tls["summary"] and "matches the signed TLSA records (DANE" in tls["summary"]
 
 
+def test_our_mta_serving_its_certificate_without_the_ca_passes_under_a_full_key_record(
+    dnssec_lab: dict, pki: TestCA, tmp_path, our_mta
+) -> None:
+    """RFC 7671 5.2.2: under ``2 1 0`` (the CA's whole key, signed by Knot) the server may leave the CA out; the
+    checker verifies the certificate it sends against the key, and the name (RFC 7672 3.2)."""
+    import asyncio
+
+    from mailprov.dns.mx_tls import probe_starttls
+
+    cert = pki.issue("mail.spki.ta.diag.test", days=90, directory=tmp_path)
+    pem = cert.cert.read_bytes()
+    cert.cert.write_bytes(pem[: pem.index(b"-----END CERTIFICATE-----\n") + 26])  # the leaf alone: no CA in the chain
+    port = our_mta(lab.SPKI_MX_ADDRESS, "mail.spki.ta.diag.test", cert)
+    probe = asyncio.run(probe_starttls("mail.spki.ta.diag.test", lab.SPKI_MX_ADDRESS, port, timeout=5))
+    assert len(probe.chain_der) == 1, "the server must send its certificate alone for this test to mean anything"
+    args = ["check", "spki.ta.diag.test", "--resolver", dnssec_lab["resolver"], "--trust-anchor", str(dnssec_lab["anchor"])]
+    result = CliRunner().invoke(app, [*args, "--tls", "--smtp-port", str(port), "--timeout", "3", "--format", "json"])
+    checks = {f"{c['id']} {c['subject']}": c for c in json.loads(result.stdout)["domains"][0]["checks"]}
+    dane = checks["dane mail.spki.ta.diag.test"]
+    assert dane["status"] in ("pass", "warn") and "DANE-TA 2 1 0 matches the chain's trust anchor" in dane["summary"], dane
+    tls = checks[f"mx.tls mail.spki.ta.diag.test ({lab.SPKI_MX_ADDRESS})"]
+    assert tls["status"] == "pass" and "matches the signed TLSA records (DANE" in tls["summary"], tls
+    # Another CA's certificate for the same name, also sent alone: the key did not sign it.
+    other = TestCA(tmp_path / "other-ca", "another CA").issue("mail.spki.ta.diag.test", days=90, directory=tmp_path / "other")
+    pem = other.cert.read_bytes()
+    other.cert.write_bytes(pem[: pem.index(b"-----END CERTIFICATE-----\n") + 26])
+    port = our_mta(lab.SPKI_MX_ADDRESS, "mail.spki.ta.diag.test", other)
+    result = CliRunner().invoke(app, [*args, "--tls", "--smtp-port", str(port), "--timeout", "3", "--format", "json"])
+    checks = {f"{c['id']} {c['subject']}": c for c in json.loads(result.stdout)["domains"][0]["checks"]}
+    assert "is not signed by the DANE-TA 2 1 0 key" in checks["dane mail.spki.ta.diag.test"]["summary"]
+    assert checks[f"mx.tls mail.spki.ta.diag.test ({lab.SPKI_MX_ADDRESS})"]["status"] == "fail"
+
+
 class Chain:
     """A root CA, an intermediate CA under it, and leaves under the intermediate."""
 
@@ -106,6 +139,68 @@ def test_the_anchor_must_be_sent_by_the_server(ca: Chain) -> None:
     """RFC 7671 5.2.2: a TA certificate (or key digest) the server leaves out of its chain cannot be matched."""
     ok, why = chain_match([_record(ca.root)], _der(ca.leaf("mail.ta.test"), ca.inter), "mail.ta.test", NOW)
     assert not ok and "no certificate the server sent matches the DANE-TA record 2 1 1" in why
+
+
+def test_a_full_key_record_lets_the_server_leave_its_anchor_out(ca: Chain) -> None:
+    """RFC 7671 5.2.2: with ``2 1 0`` (the anchor's whole public key) or ``2 0 0`` (its whole certificate) the server
+    may omit the anchor's certificate; the top certificate it sends must then be issued by it. Dates and the MX
+    name are still checked."""
+    leaf = ca.leaf("mail.ta.test")
+    root_key, inter_key = _record(ca.root, matching=0), _record(ca.inter, matching=0)
+    ok, how = chain_match([root_key], _der(leaf, ca.inter), "mail.ta.test", NOW)  # the root left out
+    assert ok and how.startswith("DANE-TA 2 1 0 matches the chain's trust anchor"), how
+    assert chain_match([inter_key], _der(leaf), "mail.ta.test", NOW)[0]  # the leaf alone, under the intermediate's key
+    assert chain_match([root_key], _der(leaf, ca.inter, ca.root), "mail.ta.test", NOW)[0]  # sent anyway: matched as before
+    ok, why = chain_match([root_key], _der(leaf), "mail.ta.test", NOW)  # the intermediate missing: the root key did not sign the leaf
+    assert not ok and "the top of the chain the server sent, is not signed by the DANE-TA 2 1 0 key" in why, why
+    stranger = _record(Chain().root, matching=0)
+    assert not chain_match([stranger], _der(leaf, ca.inter), "mail.ta.test", NOW)[0]
+    ok, why = chain_match([root_key], _der(ca.leaf("other.ta.test"), ca.inter), "mail.ta.test", NOW)
+    assert not ok and "(RFC 7672 3.2.3 name check)" in why
+    ok, why = chain_match([root_key], _der(ca.leaf("mail.ta.test", days=(-60, -30)), ca.inter), "mail.ta.test", NOW)
+    assert not ok and "outside its validity" in why
+    # The whole certificate (2 0 0) may be left out too: its key signs, and its subject is the issuer's name.
+    root_cert = _record(ca.root, selector=0, matching=0)
+    assert chain_match([root_cert], _der(leaf, ca.inter), "mail.ta.test", NOW)[0]
+    ok, why = chain_match([root_cert], _der(leaf), "mail.ta.test", NOW)
+    assert not ok and "is not signed by the DANE-TA 2 0 0 certificate" in why, why
+    # The digest of a key the server left out cannot be checked: only the full key can (RFC 7671 5.2.2).
+    ok, why = chain_match([_record(ca.root)], _der(leaf, ca.inter), "mail.ta.test", NOW)
+    assert not ok and "the server must send it" in why
+
+
+@pytest.mark.parametrize("kind", ["rsa-pkcs1", "rsa-pss", "ed25519", "ec-p384"])
+def test_full_key_signatures_of_every_key_type_are_checked(kind: str) -> None:
+    """The anchor's key checks the signature itself (no certificate to call verify_directly_issued_by on)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+    make = {
+        "rsa-pkcs1": lambda: rsa.generate_private_key(65537, 2048),
+        "rsa-pss": lambda: rsa.generate_private_key(65537, 2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate,
+        "ec-p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    }[kind]
+    anchor_key, other_key = make(), make()
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.ta.test")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyed root")]))
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mail.ta.test")]), critical=False)
+    )
+    algorithm = None if kind == "ed25519" else hashes.SHA384()
+    pss = padding.PSS(padding.MGF1(hashes.SHA384()), padding.PSS.DIGEST_LENGTH) if kind == "rsa-pss" else None
+    leaf = builder.sign(anchor_key, algorithm, rsa_padding=pss)
+    spki = anchor_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    other = other_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    record = dns.rdata.from_text("IN", "TLSA", f"2 1 0 {spki.hex()}")
+    assert chain_match([record], _der(leaf), "mail.ta.test", NOW)[0]
+    assert not chain_match([dns.rdata.from_text("IN", "TLSA", f"2 1 0 {other.hex()}")], _der(leaf), "mail.ta.test", NOW)[0]
+    assert not chain_match([dns.rdata.from_text("IN", "TLSA", "2 1 0 00")], _der(leaf), "mail.ta.test", NOW)[0]  # no key at all
 
 
 def test_name_checks_apply_to_dane_ta_but_not_to_dane_ee(ca: Chain) -> None:

@@ -230,6 +230,9 @@ def test_tlsa_record_problems_for_smtp() -> None:
     assert record_problems(1, 1, 1, b"x" * 32)[0] == Status.FAIL
     assert record_problems(3, 1, 1, b"x" * 20)[0] == Status.FAIL
     assert record_problems(3, 1, 0, b"x" * 300)[0] == Status.WARN
+    # RFC 7671 5.2.2: 2 1 0 lets the server omit the anchor; the advice is then not just "use a digest".
+    status, why = record_problems(2, 1, 0, b"x" * 300)
+    assert status == Status.WARN and "'2 1 1' with the trust anchor's certificate in the served chain" in why
     assert record_problems(4, 1, 1, b"x" * 32)[0] == Status.FAIL
 
 

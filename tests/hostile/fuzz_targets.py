@@ -14,7 +14,8 @@ Targets:
   PolicyError for a policy file).
 * ``reply``: the DNS checker's reply parser (``mailprov.dns.resolver.parse_reply``), which reads whatever
   arrives on its UDP sockets: it never raises, and where dnspython's own parser accepts the packet, both
-  read the same answer section.
+  read the same answer section, to the letter of its zone-file text (the records mailprov decodes itself,
+  ``mailprov.dns.records``, included).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ REPLY_QUESTION = b"\x02mx\x04fuzz\x04test\x00\x00\x01\x00\x01"  # mx.fuzz.test. 
 def reply(data: bytes) -> None:
     import dns.message
 
-    from mailprov.dns.resolver import parse_reply
+    from mailprov.dns.resolver import parse_reply, rrset_lines
 
     ours = parse_reply(data, REPLY_QUESTION, full_authority=bool(data[-1:]) and data[-1] & 1 == 1)
     if ours is None:
@@ -163,8 +164,9 @@ def reply(data: bytes) -> None:
         theirs = dns.message.from_wire(data)
     except Exception:  # dnspython is stricter on the sections we skip: not a bug of ours
         return
-    same = {(r.name, r.rdtype, r.covers, r.ttl, frozenset(r)) for r in ours.answer}
-    assert same == {(r.name, r.rdtype, r.covers, r.ttl, frozenset(r)) for r in theirs.answer}, (ours.answer, theirs.answer)
+    # The same records, to the letter of their zone-file form (names, escapes, TTLs, grouping).
+    same = sorted(line for rrset in ours.answer for line in rrset_lines(rrset))
+    assert same == sorted(line for rrset in theirs.answer for line in rrset_lines(rrset)), (ours.answer, theirs.answer)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {"address": address, "message": message, "zone": zone, "records": records, "reply": reply}
