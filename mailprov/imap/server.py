@@ -13,7 +13,7 @@ the login check, the idle timer, the TLS upgrade) is :mod:`mailprov.listeners`.
   and the thread waits while the client does not read (flow control).
 * Password checks (argon2id) run in threads, at most :data:`~mailprov.listeners.VERIFY_SLOTS` at once;
   failures are slowed and counted per client address by :class:`~mailprov.limits.FailureThrottle`, as
-  in POP3 and SMTP.
+  in POP3 and SMTP (with ``imap.processes`` above 1, in the master, for every worker: mailprov.workers).
 * IDLE waits on :meth:`~mailprov.imap.store.Folder.wait_for_change` and reports changes at once.
 * Limits: ``imap.idle_timeout`` (RFC 3501 5.4: 30 minutes at least), ``imap.idle_command_timeout`` in
   IDLE, connections in total and per client, ten protocol errors in a row end the session.
