@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 import typing
@@ -359,6 +360,13 @@ class Config:
             if hasattr(section, "validate"):
                 section.validate()
         return self
+
+    def processes(self, service: str) -> int:
+        """How many processes serve ``service``'s sessions (``smtp``, ``imap``): its ``processes`` setting,
+        0 meaning one per CPU; always 1 for a configuration that is not a file (workers load the file)."""
+        if not Path(self.source).is_file():
+            return 1
+        return getattr(self, service).processes or os.cpu_count() or 1
 
     @property
     def outbound_helo(self) -> str:

@@ -27,14 +27,16 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mailprov.config import Config, parse_hostport
 from mailprov.errors import MailprovError
 from mailprov.limits import AuthThrottle, ConnectionLimiter, FailureThrottle, LocalAuthThrottle, client_in
 from mailprov.tls import server_context
 from mailprov.users import UserDB
-from mailprov.workers import ChannelLimiter
+
+if TYPE_CHECKING:  # a worker's channel to the master; the module is only needed where workers run
+    from mailprov.workers import ChannelLimiter
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a TLS handshake (implicit TLS, STLS, STARTTLS)
 VERIFY_SLOTS = 4  # concurrent argon2id checks (each takes 64 MiB and a core for a fraction of a second)

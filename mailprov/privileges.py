@@ -160,8 +160,7 @@ class Need:
 
 def worker_services(config: Config, services: list[str]) -> list[str]:
     """Those of ``services`` that run worker processes (``smtp.processes``, ``imap.processes`` above 1)."""
-    wanted = {"smtp": config.smtp.processes, "imap": config.imap.processes}
-    return [s for s in ("smtp", "imap") if s in services and (wanted[s] or os.cpu_count() or 1) > 1]
+    return [s for s in ("smtp", "imap") if s in services and config.processes(s) > 1]
 
 
 def needs(config: Config, services: list[str]) -> tuple[list[Need], list[Need]]:
@@ -174,7 +173,7 @@ def needs(config: Config, services: list[str]) -> tuple[list[Need], list[Need]]:
         Need(config.paths.state_dir, "rwx", "state directory (paths.state_dir)"),
     ]
     restart: list[Need] = []
-    if worker_services(config, services) and Path(config.source).is_file():
+    if worker_services(config, services):
         import mailprov
 
         restart = [

@@ -127,8 +127,8 @@ class WorkerPool:
 
     ``service`` names the worker module (``mailprov.<service>.workers``); ``refusal(mode, reason)`` is what
     a refused client is told (None: nothing, e.g. before an implicit-TLS handshake); ``handlers`` take the
-    service's own channel messages (kind -> function of the rest); ``fallback(mode, socket)`` serves one
-    connection in this process when no worker is alive."""
+    service's own channel messages (kind -> function of the rest); ``fallback(mode, socket)`` gives what
+    serves one connection in this process when no worker is alive (as a worker's ``open_session`` does)."""
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class WorkerPool:
         connections: ConnectionLimiter,
         auth_failures: FailureThrottle,
         handlers: dict[str, Callable[[str], None]] | None = None,
-        fallback: Callable[[str, socket.socket], None] | None = None,
+        fallback: Callable[[str, socket.socket], Awaitable[object] | None] | None = None,
     ) -> None:
         self.config = config
         self.service = service
@@ -156,6 +156,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._all_ready = asyncio.Event()
+        self._served_here: set[asyncio.Task[object]] = set()
 
     async def spawn(self) -> None:
         """Start the workers (before the privilege drop: each drops to ``server.user`` itself once it has
@@ -302,11 +303,7 @@ class WorkerPool:
             live = [w for w in self.workers if w is not None]
             if not refusal and not live and self.fallback is not None:
                 limiter.release(client)  # the session counts itself, as in a single-process server
-                try:
-                    self.fallback(mode, conn)
-                except Exception:
-                    log.exception("cannot serve a connection from [%s] in the master", client)
-                    conn.close()
+                self._serve_here(mode, conn, client)
                 continue
             if refusal or not live:
                 reason = refusal or "Service temporarily unavailable"
@@ -330,6 +327,28 @@ class WorkerPool:
                 worker.clients[client] = worker.clients.get(client, 0) + 1
             finally:
                 conn.close()
+
+    def _serve_here(self, mode: str, conn: socket.socket, client: str) -> None:
+        """Run one session in this process (no worker is alive and none could be restarted)."""
+        assert self.fallback is not None
+        try:
+            conn.setblocking(False)
+            opening = self.fallback(mode, conn)
+            if opening is None:
+                conn.close()
+                return
+            task = asyncio.ensure_future(opening)
+        except Exception:
+            log.exception("cannot serve a connection from [%s] in the master", client)
+            conn.close()
+            return
+        self._served_here.add(task)
+        task.add_done_callback(self._served_here_done)
+
+    def _served_here_done(self, task: asyncio.Task[object]) -> None:
+        self._served_here.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. a TLS handshake that failed
+            log.info("%s connection not served: %s", self.label, task.exception())
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; workers finish their sessions (up to ``grace`` seconds), then are killed."""

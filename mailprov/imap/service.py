@@ -10,10 +10,9 @@ worker; it serves sessions itself only when no worker is alive and none can be r
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
-from pathlib import Path
+from collections.abc import Awaitable
 
 from mailprov.config import Config
 from mailprov.imap.server import IMAPServer
@@ -22,14 +21,6 @@ from mailprov.listeners import HANDSHAKE_TIMEOUT, ListenerService
 from mailprov.tls import server_context
 from mailprov.users import UserDB
 from mailprov.workers import WorkerPool, bind_sockets
-
-
-def process_count(config: Config) -> int:
-    """How many processes serve IMAP sessions: ``imap.processes`` (0: one per CPU); 1 for a configuration
-    that is not a file (workers load the configuration file)."""
-    if not Path(config.source).is_file():
-        return 1
-    return config.imap.processes or os.cpu_count() or 1
 
 
 class IMAPService(ListenerService):
@@ -43,11 +34,10 @@ class IMAPService(ListenerService):
         self, config: Config, *, users: UserDB | None = None, ssl_context: ssl.SSLContext | None = None, serve_after_drop: bool = False
     ) -> None:
         super().__init__(config, users=users, ssl_context=ssl_context, serve_after_drop=serve_after_drop)
-        self.processes = process_count(config)
+        self.processes = config.processes("imap")
         self.pool: WorkerPool | None = None
         self.ready = asyncio.Event()
         self._listeners: list[tuple[str, socket.socket]] = []
-        self._fallback: set[asyncio.Task[object]] = set()
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -93,27 +83,16 @@ class IMAPService(ListenerService):
             await self.pool.wait_ready()
         self.ready.set()
 
-    def _serve_here(self, mode: str, conn: socket.socket) -> None:
-        """Run one IMAP session in this process (no worker is alive and none could be restarted)."""
+    def _serve_here(self, mode: str, conn: socket.socket) -> Awaitable[object]:
+        """Open one IMAP session in this process (no worker is alive and none could be restarted)."""
         server = self.server
         implicit = MODES.get(mode, False)
-        conn.setblocking(False)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(
-            loop.connect_accepted_socket(
-                lambda: server.connection_class(server, implicit_tls=implicit),
-                conn,
-                ssl=server.ssl_context if implicit else None,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
-            )
+        return asyncio.get_running_loop().connect_accepted_socket(
+            lambda: server.connection_class(server, implicit_tls=implicit),
+            conn,
+            ssl=server.ssl_context if implicit else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if implicit else None,
         )
-        self._fallback.add(task)
-        task.add_done_callback(self._fallback_done)
-
-    def _fallback_done(self, task: asyncio.Task[object]) -> None:
-        self._fallback.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # e.g. a TLS handshake that failed
-            self.server.log.info("IMAP connection not served: %s", task.exception())
 
     async def stop(self) -> None:
         """Close the listeners and the sessions (the workers': up to 10 s for running commands)."""

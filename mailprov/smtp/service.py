@@ -16,7 +16,7 @@ import pwd
 import signal
 import socket
 import ssl
-from pathlib import Path
+from collections.abc import Awaitable
 
 from mailprov.config import Config
 from mailprov.delivery.local import LocalCourier
@@ -55,16 +55,13 @@ class SMTPService:
         self.auth_failures = FailureThrottle(config.smtp.auth_failure_delay, config.smtp.max_auth_failures)
         self.remote = RemoteCourier(config)
         self.runner = QueueRunner(config, self.store, self.directory, self.local, self.remote, self.io)
-        self.processes = config.smtp.processes or os.cpu_count() or 1
-        if not Path(config.source).is_file():
-            self.processes = 1  # workers load the configuration file: in-memory configurations run in one process
+        self.processes = config.processes("smtp")
         self.servers: list[asyncio.Server] = []
         self.pool: WorkerPool | None = None
         self._listeners: list[tuple[str, socket.socket]] = []
         self.ready = asyncio.Event()
         self.wait_for_drop = os.geteuid() == 0 if wait_for_drop is None else wait_for_drop
         self._go_task: asyncio.Task[None] | None = None
-        self._fallback_tasks: set[asyncio.Task[object]] = set()
 
     def context(self, tls_context: ssl.SSLContext | None) -> SMTPContext:
         """What the SMTP sessions of this process share (worker processes build their own)."""
@@ -103,19 +100,10 @@ class SMTPService:
         else:
             await self._go()
 
-    def _serve_here(self, ctx: SMTPContext, mode: str, conn: socket.socket) -> None:
-        """Run one SMTP session in this process (no worker is alive and none could be restarted)."""
+    def _serve_here(self, ctx: SMTPContext, mode: str, conn: socket.socket) -> Awaitable[object]:
+        """Open one SMTP session in this process (no worker is alive and none could be restarted)."""
         ssl_context = ctx.tls_context if mode == "submissions" else None
-        conn.setblocking(False)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.connect_accepted_socket(make_factory(ctx, mode), conn, ssl=ssl_context))
-        self._fallback_tasks.add(task)
-        task.add_done_callback(self._fallback_done)
-
-    def _fallback_done(self, task: asyncio.Task[object]) -> None:
-        self._fallback_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # e.g. a TLS handshake that failed
-            log.info("SMTP connection not served: %s", task.exception())
+        return asyncio.get_running_loop().connect_accepted_socket(make_factory(ctx, mode), conn, ssl=ssl_context)
 
     def _chown_queue(self) -> None:
         try:
